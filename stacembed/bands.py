@@ -1,0 +1,114 @@
+"""Match a model's band names to item assets, and read per-band raster metadata.
+
+Handles both STAC dialects: 1.0 (``eo:bands`` / ``raster:bands``) and 1.1 (``bands`` with
+``eo:common_name``, ``raster:scale``, ``raster:offset``, ``nodata``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pystac
+
+from .errors import BandError
+
+# Assets that carry derived or preview pixels, never the measurements a model wants.
+_SKIP_ROLES = {"thumbnail", "overview", "visual", "metadata"}
+
+
+@dataclass(frozen=True)
+class BandSource:
+    """Where one model input band lives, and how to turn its stored values into measurements."""
+
+    name: str
+    asset_key: str
+    href: str
+    index: int = 1  # 1-based band index within the asset's file
+    scale: float = 1.0
+    offset: float = 0.0
+    nodata: float | None = None
+
+
+def match_bands(item: pystac.Item, names: list[str]) -> list[BandSource]:
+    """Find each model band in ``item``; error naming every missing band and what is there."""
+    candidates = list(_band_candidates(item))
+    found, missing = [], []
+    for name in names:
+        source = _best_match(name, candidates)
+        if source is None:
+            missing.append(name)
+        else:
+            found.append(source)
+    if missing:
+        available = sorted({label for _, labels in candidates for label in labels})
+        raise BandError(
+            f"item {item.id!r} has no band {', '.join(map(repr, missing))} "
+            f"(it has: {', '.join(available) or 'no raster assets'})"
+        )
+    return found
+
+
+def _best_match(name: str, candidates: list[tuple[BandSource, list[str]]]) -> BandSource | None:
+    wanted = name.lower()
+    # Ranked: asset key, then band name, then common name -- an exact asset key always wins.
+    for rank in range(3):
+        for source, labels in candidates:
+            if len(labels) > rank and labels[rank] == wanted:
+                return BandSource(
+                    name, source.asset_key, source.href, source.index, source.scale,
+                    source.offset, source.nodata,
+                )
+    return None
+
+
+def _band_candidates(item: pystac.Item) -> Iterator[tuple[BandSource, list[str]]]:
+    for key, asset in item.assets.items():
+        if set(asset.roles or ()) & _SKIP_ROLES:
+            continue
+        fields = asset.extra_fields
+        bands = fields.get("bands") or fields.get("raster:bands") or fields.get("eo:bands") or [{}]
+        eo_bands = fields.get("eo:bands") or []
+        raster_bands = fields.get("raster:bands") or []
+        for i, band in enumerate(bands):
+            merged = {**_at(eo_bands, i), **_at(raster_bands, i), **band}
+            labels = [key.lower() if len(bands) == 1 else "", *_names(merged)]
+            yield _source(key, asset, fields, merged, i), labels
+
+
+def _names(band: dict[str, Any]) -> list[str]:
+    name = str(band.get("name", "")).lower()
+    common = str(band.get("eo:common_name") or band.get("common_name") or "").lower()
+    return [name, common]
+
+
+def _source(key: str, asset: pystac.Asset, fields: dict, band: dict, i: int) -> BandSource:
+    def pick(*names: str) -> Any:
+        for name in names:
+            for where in (band, fields):
+                if where.get(name) is not None:
+                    return where[name]
+        return None
+
+    nodata = pick("nodata", "raster:nodata")
+    return BandSource(
+        name=str(band.get("name") or key),
+        asset_key=key,
+        href=asset.get_absolute_href() or asset.href,
+        index=i + 1,
+        scale=float(pick("raster:scale", "scale") or 1.0),
+        offset=float(pick("raster:offset", "offset") or 0.0),
+        nodata=_nodata_value(nodata),
+    )
+
+
+def _nodata_value(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # STAC spells special values as strings
+        return {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}.get(value.lower())
+    return float(value)
+
+
+def _at(values: list[dict], i: int) -> dict:
+    return values[i] if i < len(values) and isinstance(values[i], dict) else {}

@@ -1,0 +1,135 @@
+"""The chip grid over a stacked item, and reading its chips in bounded batches.
+
+Edge rule: chips sit on a regular grid that starts at the item's top-left pixel and steps by
+``stride``; the last row and column extend past the raster where the size does not divide
+evenly, and the part outside is padded as nodata. Nothing is shifted, so every chip footprint
+lies on source pixel edges and chip (row, col) maps to one pixel of the embedding raster.
+A chip is kept when the fraction of its pixels with data in every band is at least
+``min_valid`` (padding counts as no data).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import xarray as xr
+from affine import Affine
+from rasterio.windows import Window
+
+from .grid import Grid
+
+
+@dataclass(frozen=True)
+class Chip:
+    """One chip: its position in the chip grid and its pixel window in the source grid."""
+
+    row: int
+    col: int
+    window: Window
+
+
+@dataclass(frozen=True)
+class ChipGrid:
+    """A regular grid of ``size`` x ``size`` chips, ``stride`` pixels apart, over ``grid``."""
+
+    grid: Grid
+    size: int
+    stride: int
+
+    @property
+    def rows(self) -> int:
+        return _positions(self.grid.height, self.size, self.stride)
+
+    @property
+    def cols(self) -> int:
+        return _positions(self.grid.width, self.size, self.stride)
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def chip(self, row: int, col: int) -> Chip:
+        return Chip(row, col, Window(col * self.stride, row * self.stride, self.size, self.size))
+
+    def __iter__(self) -> Iterator[Chip]:
+        for row in range(self.rows):
+            for col in range(self.cols):
+                yield self.chip(row, col)
+
+    def bounds(self, chip: Chip) -> tuple[float, float, float, float]:
+        """The chip footprint in the source CRS: exact source pixel edges."""
+        return self.grid.window_bounds(chip.window)
+
+    @property
+    def embedding_grid(self) -> Grid:
+        """One pixel per chip position, ``stride`` source pixels wide, centred on the chip centre.
+
+        With ``stride == size`` each embedding pixel is exactly its chip's footprint.
+        """
+        t = self.grid.transform
+        shift = (self.size - self.stride) / 2
+        origin_x, origin_y = t * (shift, shift)
+        transform = Affine(t.a * self.stride, 0.0, origin_x, 0.0, t.e * self.stride, origin_y)
+        return Grid(self.grid.crs, transform, self.cols, self.rows)
+
+
+def _positions(length: int, size: int, stride: int) -> int:
+    return 1 if length <= size else math.ceil((length - size) / stride) + 1
+
+
+@dataclass
+class ChipBatch:
+    """Pixels of up to ``batch_size`` chips, ``(n, band, size, size)`` float32, NaN = no data."""
+
+    chips: list[Chip]
+    pixels: np.ndarray
+    valid_fraction: np.ndarray
+
+
+def read_batches(
+    data: xr.DataArray, chip_grid: ChipGrid, *, batch_size: int, min_valid: float
+) -> Iterator[ChipBatch]:
+    """Read chips from the lazy stack, keep those with enough data, yield them in batches.
+
+    Reads go one run of at most ``batch_size`` neighbouring chips at a time, so memory holds
+    about two batches of pixels however large the item is.
+    """
+    kept: list[tuple[Chip, np.ndarray, float]] = []
+    for run in _runs(chip_grid, batch_size):
+        for chip, pixels in _read_run(data, run, chip_grid.size):
+            fraction = float(np.isfinite(pixels).all(axis=0).mean())
+            if fraction >= min_valid and fraction > 0:
+                kept.append((chip, pixels, fraction))
+            if len(kept) == batch_size:
+                yield _batch(kept)
+                kept = []
+    if kept:
+        yield _batch(kept)
+
+
+def _runs(chip_grid: ChipGrid, batch_size: int) -> Iterator[list[Chip]]:
+    """Consecutive chips of one chip row, at most ``batch_size`` long."""
+    for row in range(chip_grid.rows):
+        for start in range(0, chip_grid.cols, batch_size):
+            stop = min(start + batch_size, chip_grid.cols)
+            yield [chip_grid.chip(row, col) for col in range(start, stop)]
+
+
+def _read_run(data: xr.DataArray, run: list[Chip], size: int) -> Iterable[tuple[Chip, np.ndarray]]:
+    height, width = data.shape[-2:]
+    top = run[0].window.row_off
+    left = run[0].window.col_off
+    right = run[-1].window.col_off + size
+    block = np.asarray(data[:, top : min(top + size, height), left : min(right, width)].values)
+    padded = np.full((block.shape[0], size, right - left), np.nan, dtype="float32")
+    padded[:, : block.shape[1], : block.shape[2]] = block
+    for chip in run:
+        offset = chip.window.col_off - left
+        yield chip, padded[:, :, offset : offset + size]
+
+
+def _batch(kept: list[tuple[Chip, np.ndarray, float]]) -> ChipBatch:
+    chips, pixels, fractions = zip(*kept)
+    return ChipBatch(list(chips), np.stack(pixels), np.array(fractions, dtype="float32"))

@@ -1,0 +1,119 @@
+"""STAC MLM (v1.5) model cards <-> ``ModelCard``: what to stack, how to scale, what comes out.
+
+A card is a STAC Item with the Machine Learning Model extension. Only what inference needs
+is lifted into typed fields; the full item is kept (``item``) so it can be republished.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlparse
+
+from ..errors import ModelError
+from .scaling import check_value_scaling
+
+MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The inference-relevant facts of one MLM card."""
+
+    name: str
+    architecture: str
+    bands: tuple[str, ...]
+    input_size: tuple[int, int]
+    embedding_size: int
+    value_scaling: tuple[dict[str, Any] | None, ...]
+    href: str
+    weights_href: str | None = None
+    weights_sha256: str | None = None
+    artifact_type: str | None = None
+    pretrained: bool = True
+    item: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any], href: str) -> "ModelCard":
+        """Lift a card out of an MLM item dict; ``href`` resolves relative asset hrefs."""
+        try:
+            props = item["properties"]
+            model_input = props["mlm:input"][0]
+            model_output = props["mlm:output"][0]
+            bands = tuple(b if isinstance(b, str) else b["name"] for b in model_input["bands"])
+            shape = model_input["input"]["shape"]
+            height, width = int(shape[-2]), int(shape[-1])
+            embedding_size = int(model_output["result"]["shape"][-1])
+            name, architecture = props["mlm:name"], props["mlm:architecture"]
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ModelError(f"model card {href} is not a usable MLM item: missing or bad {exc}") from None
+        if not bands:
+            raise ModelError(f"model card {href} names no input bands (mlm:input[0].bands)")
+        if height < 1 or width < 1 or embedding_size < 1:
+            raise ModelError(f"model card {href} needs fixed positive input and output sizes")
+        scaling = tuple(model_input.get("value_scaling") or ())
+        if len(scaling) not in (0, 1, len(bands)):
+            raise ModelError(
+                f"model card {href}: value_scaling has {len(scaling)} entries for {len(bands)} bands"
+            )
+        check_value_scaling(scaling, f"model card {href}")
+        weights = _weights_asset(item)
+        return cls(
+            name=name,
+            architecture=architecture,
+            bands=bands,
+            input_size=(height, width),
+            embedding_size=embedding_size,
+            value_scaling=scaling,
+            href=href,
+            weights_href=_absolute(weights.get("href"), href) if weights else None,
+            weights_sha256=_sha256_of(weights) if weights else None,
+            artifact_type=weights.get("mlm:artifact_type") if weights else None,
+            pretrained=bool(props.get("mlm:pretrained", True)),
+            item=item,
+        )
+
+
+def load_card(href: str) -> ModelCard:
+    """Read an MLM card from a local path or http(s) URL."""
+    from pystac.stac_io import StacIO
+
+    try:
+        text = StacIO.default().read_text(href)
+        item = json.loads(text)
+    except FileNotFoundError:
+        raise ModelError(f"model card {href} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read model card {href}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(item, dict) or item.get("type") != "Feature":
+        raise ModelError(f"model card {href} is not a STAC Item")
+    return ModelCard.from_item(item, _absolute(href, None))
+
+
+def _weights_asset(item: dict[str, Any]) -> dict[str, Any] | None:
+    for asset in item.get("assets", {}).values():
+        if "mlm:model" in asset.get("roles", ()):
+            return asset
+    return None
+
+
+def _sha256_of(asset: dict[str, Any]) -> str | None:
+    """SHA-256 hex digest from ``file:checksum`` (multihash, sha2-256 = prefix ``1220``)."""
+    checksum = asset.get("file:checksum")
+    if isinstance(checksum, str) and checksum.startswith("1220") and len(checksum) == 68:
+        return checksum[4:]
+    return None
+
+
+def _absolute(href: str | None, base: str | None) -> str | None:
+    if href is None:
+        return None
+    if urlparse(href).scheme in ("http", "https", "s3", "gs", "file"):
+        return href
+    if base is None:
+        return str(Path(href).resolve())
+    if urlparse(base).scheme in ("http", "https", "s3", "gs"):
+        return urljoin(base, href)
+    return str((Path(base).parent / href).resolve())

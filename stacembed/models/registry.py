@@ -1,0 +1,72 @@
+"""The backbone registry: one obvious place to add a model.
+
+``resolve_card`` turns ``--model`` (a built-in card name, a path or a URL) into a ModelCard;
+``create_backbone`` builds its network. Architectures timm does not have are added with
+``@register_architecture("name")``; any other ``mlm:architecture`` is looked up in timm and
+built with ``in_chans=len(bands), num_classes=0`` so its output is the pooled pre-logits vector.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ModelError
+from .card import ModelCard, load_card
+
+CARDS_DIR = Path(__file__).parent / "cards"
+
+Builder = Callable[[ModelCard], nn.Module]
+_ARCHITECTURES: dict[str, Builder] = {}
+
+
+def register_architecture(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: ``builder(card) -> nn.Module`` returning pooled embeddings of ``card.embedding_size``."""
+
+    def decorate(builder: Builder) -> Builder:
+        _ARCHITECTURES[name] = builder
+        return builder
+
+    return decorate
+
+
+def list_cards() -> dict[str, Path]:
+    """Built-in card names and their files."""
+    return {path.stem: path for path in sorted(CARDS_DIR.glob("*.json"))}
+
+
+def resolve_card(ref: str) -> ModelCard:
+    """A built-in card by name, or any MLM item by path or URL."""
+    builtin = list_cards().get(ref)
+    if builtin is not None:
+        return load_card(str(builtin))
+    if "/" not in ref and "." not in ref:
+        known = ", ".join(list_cards()) or "none"
+        raise ModelError(f"unknown model {ref!r}: not a built-in card ({known}) nor a path or URL")
+    return load_card(ref)
+
+
+def create_backbone(card: ModelCard) -> nn.Module:
+    """The untrained network for ``card``; weights are loaded separately."""
+    builder = _ARCHITECTURES.get(card.architecture)
+    if builder is not None:
+        return builder(card)
+    import timm
+
+    if not timm.is_model(card.architecture):
+        raise ModelError(
+            f"model card {card.href}: architecture {card.architecture!r} is neither registered "
+            "in stacembed nor a timm model"
+        )
+    model = timm.create_model(
+        card.architecture, pretrained=False, in_chans=len(card.bands), num_classes=0
+    )
+    size = getattr(model, "head_hidden_size", None) or model.num_features
+    if size != card.embedding_size:
+        raise ModelError(
+            f"model card {card.href}: {card.architecture} gives {size}-d embeddings, "
+            f"the card says {card.embedding_size}"
+        )
+    return model

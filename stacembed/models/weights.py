@@ -1,0 +1,139 @@
+"""Find a model's weights and load them without ever unpickling arbitrary objects.
+
+Resolution order: an explicit path (``--weights``), the card's ``mlm:model`` asset as a local
+file, the download cache (``STACEMBED_CACHE``, default ``~/.cache/stacembed``), and finally a
+download (SHA-256 checked, written atomically) unless offline (``STACEMBED_OFFLINE=1`` or
+``HF_HUB_OFFLINE=1``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from .card import ModelCard
+
+RANDOM = "random"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("STACEMBED_CACHE") or Path.home() / ".cache" / "stacembed")
+
+
+def is_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+               for v in ("STACEMBED_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def resolve_weights(card: ModelCard, override: str | None = None) -> Path | None:
+    """A local weights file for ``card``, or None for ``--weights random``."""
+    if override == RANDOM:
+        return None
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise ModelError(f"weights file {override} does not exist")
+        return path
+    href = card.weights_href
+    if not href:
+        raise ModelError(
+            f"model card {card.href} has no mlm:model asset with weights; pass --weights PATH "
+            "(or --weights random to run untrained)"
+        )
+    scheme = urlparse(href).scheme
+    if scheme in ("", "file"):
+        path = Path(urlparse(href).path if scheme else href)
+        if not path.is_file():
+            raise ModelError(f"weights {path} named by model card {card.href} do not exist")
+        if card.weights_sha256 and file_sha256(path) != card.weights_sha256:
+            raise ModelError(f"weights {path} do not match the SHA-256 in model card {card.href}")
+        return path
+    return _cached_download(href, card.weights_sha256)
+
+
+def _cached_download(url: str, sha256: str | None) -> Path:
+    name = Path(urlparse(url).path).name or "weights"
+    target = cache_dir() / (sha256[:16] if sha256 else "unverified") / name
+    if target.is_file():
+        return target
+    if is_offline():
+        raise ModelError(f"weights {url} are not in the cache and downloads are off (offline); "
+                         f"download them to {target} or pass --weights PATH")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as tmp:
+        try:
+            digest = _download(url, tmp)
+        except OSError as exc:
+            os.unlink(tmp.name)
+            raise ModelError(f"cannot download weights {url}: {exc}; download them to {target} "
+                             "or pass --weights PATH") from None
+    if sha256 and digest != sha256:
+        os.unlink(tmp.name)
+        raise ModelError(f"weights {url} have SHA-256 {digest}, the card says {sha256}; not used")
+    os.replace(tmp.name, target)
+    return target
+
+
+def _download(url: str, out) -> str:
+    from tqdm import tqdm
+
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=60) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=Path(url).name, leave=False) as bar:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from safetensors or a torch checkpoint, loaded with ``weights_only=True``."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelError(f"cannot read safetensors file {path}: {exc}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(
+            f"refusing to load {path}: it is not a plain tensor checkpoint ({str(exc).splitlines()[0]}); "
+            "stacembed never unpickles arbitrary objects; convert it to safetensors"
+        ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ModelError(f"{path} does not hold a state dict")
+    return state
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load ``path`` into ``model``, strictly: a key or shape mismatch is an error, not a guess."""
+    state = load_state_dict(path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()
+        raise ModelError(f"weights {path} do not fit the model: {' '.join(first[:2])[:300]}") from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,256 @@
+"""``run(config)``: resolve -> stack -> chips -> embed -> write -> publish, item by item.
+
+Each source item's outputs are written into a temporary directory and renamed into place
+when complete, so an item is either fully there or absent. A rerun into the same ``--out``
+skips finished items (after checking they were made with the same parameters) and never
+duplicates one. The catalog is written last, from every finished item on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pystac
+from tqdm import tqdm
+
+from .bands import BandSource, match_bands
+from .chips import ChipGrid, read_batches
+from .config import RunConfig
+from .embed import Embedder, select_device
+from .errors import OutputError
+from .grid import Grid
+from .models import ModelCard, resolve_card
+from .models.weights import file_sha256, resolve_weights
+from .publish import (
+    SUFFIXES, Provenance, item_dir_name, output_item, write_catalog, write_json, write_model_card,
+)
+from .resolve import ItemFilter, resolve_items
+from .stack import native_grid, stack_item, target_grid
+from .writers import SourceInfo, open_writer
+
+log = logging.getLogger("stacembed")
+
+
+@dataclass
+class ItemPlan:
+    """One source item and the chip grid it will be cut into."""
+
+    item: pystac.Item
+    bands: list[BandSource]
+    chip_grid: ChipGrid
+    source_grid: Grid
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    catalog: Path | None
+    collection_id: str
+    items_done: list[str] = field(default_factory=list)
+    items_resumed: list[str] = field(default_factory=list)
+    chips: int = 0
+
+
+@dataclass
+class Run:
+    """The resolved inputs of a run, before any pixel is read."""
+
+    config: RunConfig
+    card: ModelCard
+    items: list[tuple[pystac.Item, list[BandSource]]]
+    collection_id: str
+    chip_size: int
+    stride: int
+
+    def plan_item(self, item: pystac.Item, bands: list[BandSource]) -> ItemPlan:
+        grid = native_grid(item, bands)
+        target = grid
+        if self.config.crs or self.config.resolution:
+            target = target_grid(grid, self.config.crs, self.config.resolution)
+        return ItemPlan(item, bands, ChipGrid(target, self.chip_size, self.stride), grid)
+
+
+def prepare(config: RunConfig) -> Run:
+    """Resolve the model card and the items and match bands: everything that can fail cheaply."""
+    card = resolve_card(config.model)
+    items = resolve_items(
+        catalog=config.catalog,
+        items=config.items,
+        filter=ItemFilter(config.collection, config.bbox, config.datetime, config.ids, config.max_items),
+    )
+    matched = [(item, match_bands(item, list(card.bands))) for item in items]
+    chip_size = config.chip_size or card.input_size[0]
+    source_collection = items[0].collection_id or "items"
+    collection_id = config.output_collection or item_dir_name(f"{source_collection}-{card.name}")
+    return Run(config, card, matched, collection_id, chip_size, config.stride or chip_size)
+
+
+def plan(config: RunConfig) -> dict:
+    """What a run would do (items, chips, output size), without running the model."""
+    prepared = prepare(config)
+    rows, total_chips = [], 0
+    for item, bands in prepared.items:
+        chip_grid = prepared.plan_item(item, bands).chip_grid
+        rows.append({"id": item.id, "chips": len(chip_grid), "grid": f"{chip_grid.rows}x{chip_grid.cols}"})
+        total_chips += len(chip_grid)
+    bytes_per_chip = prepared.card.embedding_size * 4 * len(config.formats)
+    return {
+        "model": prepared.card.name,
+        "bands": list(prepared.card.bands),
+        "chip_size": prepared.chip_size,
+        "stride": prepared.stride,
+        "collection": prepared.collection_id,
+        "items": rows,
+        "chips": total_chips,
+        "estimated_bytes": total_chips * bytes_per_chip,
+    }
+
+
+def run(config: RunConfig) -> RunSummary:
+    """Embed every matched item and publish the result as a STAC catalog under ``config.out``."""
+    prepared = prepare(config)
+    card = prepared.card
+    weights = resolve_weights(card, config.weights)
+    embedder = Embedder.from_card(card, weights, select_device(config.device))
+    provenance = Provenance(
+        card=card,
+        pretrained=weights is not None and card.pretrained,
+        weights_sha256=file_sha256(weights) if weights else None,
+        chip_grid_size=prepared.chip_size,
+        stride=prepared.stride,
+        parameters={**config.runtime_parameters(), "chip_size": prepared.chip_size, "stride": prepared.stride},
+    )
+    coll_dir = _prepare_out(config.out, prepared.collection_id)
+    model_href = write_model_card(coll_dir, card)
+    summary = RunSummary(config.out, None, prepared.collection_id)
+    show = config.progress and sys.stderr.isatty()
+    for item, bands in tqdm(prepared.items, desc="items", unit="item", disable=not show):
+        final = coll_dir / item_dir_name(item.id)
+        if _finished(final, provenance):
+            summary.items_resumed.append(item.id)
+            continue
+        item_plan = prepared.plan_item(item, bands)
+        summary.chips += _embed_item(item_plan, embedder, final, prepared, provenance, model_href, show)
+        summary.items_done.append(item.id)
+    summary.catalog = write_catalog(
+        config.out, prepared.collection_id, list(_finished_items(coll_dir)), card=card,
+        chip_size=prepared.chip_size, stride=prepared.stride, source_href=_source_href(config, prepared),
+        description=f"Embeddings of {prepared.items[0][0].collection_id or 'STAC items'} "
+                    f"made with model {card.name} by stacembed.",
+    )
+    return summary
+
+
+def _embed_item(plan: ItemPlan, embedder: Embedder, final: Path, run: Run, provenance: Provenance,
+                model_href: str, show: bool) -> int:
+    config = run.config
+    name = final.name
+    tmp = final.with_name(f".tmp-{name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        chip_grid = plan.chip_grid
+        data = stack_item(
+            plan.item, plan.bands, chip_grid.grid, chunks=_chunks(run, chip_grid),
+            resampling=config.resampling, loader=config.loader,
+        )
+        source = SourceInfo.from_item(plan.item)
+        files = {fmt: tmp / f"{name}{SUFFIXES[fmt]}" for fmt in config.formats}
+        writers = [open_writer(fmt, files[fmt], chip_grid, source, run.card.embedding_size)
+                   for fmt in config.formats]
+        chips = 0
+        with tqdm(total=len(chip_grid), desc=plan.item.id, unit="chip", leave=False, disable=not show) as bar:
+            for batch in read_batches(data, chip_grid, batch_size=config.batch_size, min_valid=config.min_valid):
+                embeddings = embedder(batch.pixels)
+                for writer in writers:
+                    writer.write(batch, embeddings)
+                chips += len(batch.chips)
+                bar.update(len(batch.chips))
+        for writer in writers:
+            writer.close()
+        item = output_item(
+            plan.item, collection_id=run.collection_id, files=files, formats=config.formats,
+            chip_grid=chip_grid, provenance=provenance, model_href=model_href,
+        )
+        item["links"] += [
+            {"rel": "root", "href": "../../catalog.json", "type": "application/json"},
+            {"rel": "parent", "href": "../collection.json", "type": "application/json"},
+            {"rel": "collection", "href": "../collection.json", "type": "application/json"},
+        ]
+        write_json(tmp / f"{name}.json", item)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("item %s: %d chips embedded", plan.item.id, chips)
+    return chips
+
+
+def _chunks(run: Run, chip_grid: ChipGrid) -> tuple[int, int]:
+    """Chunk rows aligned with chip rows, chunk columns with one read run of a batch."""
+    width = min(chip_grid.grid.width, run.stride * run.config.batch_size + run.chip_size - run.stride)
+    return (min(run.chip_size, chip_grid.grid.height), max(width, 1))
+
+
+def _prepare_out(out: Path, collection_id: str) -> Path:
+    coll_dir = out / collection_id
+    try:
+        coll_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output directory {coll_dir}: {exc.strerror}") from None
+    for stale in coll_dir.glob(".tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return coll_dir
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _finished(final: Path, provenance: Provenance) -> bool:
+    item_file = final / f"{final.name}.json"
+    if not item_file.is_file():
+        return False
+    previous = json.loads(item_file.read_text())["properties"].get("emb:runtime_parameters", {})
+    wanted = provenance.runtime_parameters()
+    differing = sorted(k for k in wanted if k != "weights_sha256" and previous.get(k) != wanted[k])
+    if previous.get("weights_sha256") != wanted["weights_sha256"]:
+        differing.append("weights")
+    if differing:
+        raise OutputError(
+            f"{final.parent} already holds item {final.name} made with other parameters "
+            f"({', '.join(differing)}); use another --out or --output-collection"
+        )
+    return True
+
+
+def _finished_items(coll_dir: Path) -> Iterator[dict]:
+    for item_file in sorted(coll_dir.glob("*/*.json")):
+        if item_file.parent.name.startswith(".") or item_file.parent.name == "model":
+            continue
+        if item_file.stem == item_file.parent.name:
+            yield json.loads(item_file.read_text())
+
+
+def _source_href(config: RunConfig, run: Run) -> str | None:
+    first = run.items[0][0]
+    collection = first.get_single_link("collection")
+    if collection is not None and collection.get_absolute_href():
+        return collection.get_absolute_href()
+    href = config.items or config.catalog
+    return str(Path(href).resolve()) if href and "://" not in href else href

@@ -1,0 +1,248 @@
+"""Describe the outputs in STAC: one embeddings item per source item, a collection, a catalog.
+
+Output documents are STAC 1.0.0 because the Embeddings extension v0.0.1 builds on the 1.0.0
+core schemas. They declare, and fill, the embeddings, projection v2.0.0, file v2.1.0 and
+processing v1.2.0 extensions. The catalog is self-contained: every href inside it is relative.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pystac
+
+from . import __version__
+from .chips import ChipGrid
+from .models import ModelCard
+
+STAC_VERSION = "1.0.0"
+EMBEDDINGS = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
+PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+FILE = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+PROCESSING = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
+MEDIA_TYPES = {
+    "geoparquet": "application/vnd.apache.parquet",
+    "geotiff": "image/tiff; application=geotiff; profile=cloud-optimized",
+}
+SUFFIXES = {"geoparquet": ".parquet", "geotiff": ".tif"}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How the embeddings were made: model, weights and the parameters that shape them."""
+
+    card: ModelCard
+    pretrained: bool
+    weights_sha256: str | None
+    chip_grid_size: int
+    stride: int
+    parameters: dict[str, Any]
+
+    def runtime_parameters(self) -> dict[str, Any]:
+        return {
+            "mlm:name": self.card.name,
+            "mlm:architecture": self.card.architecture,
+            "mlm:pretrained": self.pretrained,
+            "weights_sha256": self.weights_sha256,
+            "pooling": "model pre-logits (timm num_classes=0)",
+            **self.parameters,
+        }
+
+
+def software_versions() -> dict[str, str]:
+    import timm
+    import torch
+
+    return {"stacembed": __version__, "torch": torch.__version__, "timm": timm.__version__}
+
+
+def asset_key(fmt: str, formats: tuple[str, ...]) -> str:
+    """The first requested format is the ``embeddings`` asset; others are ``embeddings-<format>``."""
+    return "embeddings" if fmt == formats[0] else f"embeddings-{fmt}"
+
+
+def output_item(
+    source: pystac.Item,
+    *,
+    collection_id: str,
+    files: dict[str, Path],
+    formats: tuple[str, ...],
+    chip_grid: ChipGrid,
+    provenance: Provenance,
+    model_href: str,
+) -> dict[str, Any]:
+    """The STAC item describing the embeddings of ``source`` (hrefs relative to the item file)."""
+    properties = {k: v for k, v in source.properties.items() if not k.startswith("proj:")}
+    properties.update({
+        "processing:software": software_versions(),
+        "processing:datetime": pystac.utils.datetime_to_str(datetime.now(timezone.utc)),
+        "processing:lineage": (
+            f"{chip_grid.size}x{chip_grid.size} px chips every {chip_grid.stride} px on the native "
+            f"grid of item {source.id!r}, embedded with model {provenance.card.name!r} "
+            f"({provenance.card.architecture})"
+        ),
+        "emb:runtime_parameters": provenance.runtime_parameters(),
+    })
+    item = pystac.Item(
+        id=source.id,
+        geometry=source.geometry,
+        bbox=source.bbox,
+        datetime=source.datetime,
+        properties=properties,
+        collection=collection_id,
+        stac_extensions=[EMBEDDINGS, PROJECTION, FILE, PROCESSING],
+    )
+    for fmt in formats:
+        item.add_asset(asset_key(fmt, formats), _asset(fmt, files[fmt], chip_grid, provenance))
+    source_href = source.get_self_href()
+    if source_href:
+        item.add_link(pystac.Link("derived_from", source_href, pystac.MediaType.JSON, f"Source item {source.id}"))
+    item.add_link(pystac.Link("emb:model", model_href, pystac.MediaType.JSON, provenance.card.name))
+    data = item.to_dict(include_self_link=False, transform_hrefs=False)
+    data["stac_version"] = STAC_VERSION
+    return data
+
+
+def _asset(fmt: str, path: Path, chip_grid: ChipGrid, provenance: Provenance) -> pystac.Asset:
+    extra: dict[str, Any] = {"file:size": path.stat().st_size, "file:checksum": multihash_sha256(path)}
+    if fmt == "geotiff":
+        grid = chip_grid.embedding_grid
+        extra.update({
+            "proj:code": grid.crs_code,
+            "proj:shape": [grid.height, grid.width],
+            "proj:transform": list(grid.transform)[:6],
+        })
+    title = {"geoparquet": "Chip embeddings (GeoParquet, one row per chip)",
+             "geotiff": "Chip embeddings on the chip grid (COG, one band per dimension)"}[fmt]
+    return pystac.Asset(
+        href=f"./{path.name}", media_type=MEDIA_TYPES[fmt], roles=["data", "embeddings"],
+        title=title, extra_fields=extra,
+    )
+
+
+def multihash_sha256(path: Path) -> str:
+    """``file:checksum`` value: a multihash of SHA2-256 (code 0x12, length 0x20) in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "1220" + digest.hexdigest()
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def write_catalog(
+    out: Path,
+    collection_id: str,
+    items: list[dict[str, Any]],
+    *,
+    card: ModelCard,
+    chip_size: int,
+    stride: int,
+    source_href: str | None,
+    description: str,
+) -> Path:
+    """Write the collection, its stac-geoparquet mirror and the root catalog; items exist already."""
+    coll_dir = out / collection_id
+    collection = _collection(collection_id, items, card, chip_size, stride, source_href, description)
+    for item in sorted(items, key=lambda d: d["id"]):
+        collection["links"].append({"rel": "item", "href": f"./{item_dir_name(item['id'])}/{item_dir_name(item['id'])}.json",
+                                    "type": "application/geo+json"})
+    _write_items_parquet(coll_dir / "items.parquet", items, collection_id)
+    collection["assets"]["geoparquet-items"] = {
+        "href": "./items.parquet", "type": MEDIA_TYPES["geoparquet"], "roles": ["collection-mirror"],
+        "title": "The collection's items as stac-geoparquet",
+    }
+    write_json(coll_dir / "collection.json", collection)
+    catalog = {
+        "type": "Catalog", "stac_version": STAC_VERSION, "id": "stacembed-output",
+        "description": "Embeddings made by stacembed.",
+        "links": [
+            {"rel": "root", "href": "./catalog.json", "type": "application/json"},
+            {"rel": "child", "href": f"./{collection_id}/collection.json", "type": "application/json"},
+        ],
+    }
+    write_json(out / "catalog.json", catalog)
+    return out / "catalog.json"
+
+
+def _collection(collection_id, items, card, chip_size, stride, source_href, description) -> dict[str, Any]:
+    bboxes = [i["bbox"] for i in items if i.get("bbox")]
+    times = sorted(t for i in items for t in _times(i))
+    spatial = [min(b[0] for b in bboxes), min(b[1] for b in bboxes), max(b[2] for b in bboxes),
+               max(b[3] for b in bboxes)] if bboxes else [-180, -90, 180, 90]
+    links = [
+        {"rel": "root", "href": "../catalog.json", "type": "application/json"},
+        {"rel": "parent", "href": "../catalog.json", "type": "application/json"},
+        {"rel": "emb:model", "href": f"./model/{card.name}.json", "type": "application/geo+json",
+         "title": card.name},
+    ]
+    if source_href:
+        links.append({"rel": "emb:source-data", "href": source_href, "type": "application/json"})
+    return {
+        "type": "Collection",
+        "stac_version": STAC_VERSION,
+        "stac_extensions": [EMBEDDINGS],
+        "id": collection_id,
+        "description": description,
+        "license": "other",
+        "extent": {"spatial": {"bbox": [spatial]},
+                   "temporal": {"interval": [[times[0] if times else None, times[-1] if times else None]]}},
+        "emb:type": "chip",
+        "emb:dimensions": card.embedding_size,
+        "data_type": "float32",
+        "emb:chip_layout": {"layout_type": "regular_grid", "chip_size": [chip_size, chip_size],
+                            "stride": [stride, stride]},
+        "links": links,
+        "assets": {},
+    }
+
+
+def _times(item: dict[str, Any]) -> list[str]:
+    props = item["properties"]
+    return [t for t in (props.get("datetime"), props.get("start_datetime"), props.get("end_datetime")) if t]
+
+
+def _write_items_parquet(path: Path, items: list[dict[str, Any]], collection_id: str) -> None:
+    import stac_geoparquet.arrow
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    records = [{**item, "collection": collection_id} for item in items]
+    table = stac_geoparquet.arrow.parse_stac_items_to_arrow(records)
+    stac_geoparquet.arrow.to_parquet(table, tmp)
+    os.replace(tmp, path)
+
+
+def write_model_card(coll_dir: Path, card: ModelCard) -> str:
+    """Copy the card next to the outputs (weights hrefs made absolute) so ``emb:model`` resolves."""
+    model_dir = coll_dir / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    data = json.loads(json.dumps(card.item))
+    for asset in data.get("assets", {}).values():
+        if "mlm:model" in asset.get("roles", ()) and card.weights_href:
+            asset["href"] = card.weights_href
+    data["links"] = [l for l in data.get("links", []) if l.get("rel") not in ("self", "root", "parent", "collection")]
+    data.pop("collection", None)
+    write_json(model_dir / f"{card.name}.json", data)
+    return f"../model/{card.name}.json"
+
+
+def item_dir_name(item_id: str) -> str:
+    """A filesystem-safe name for an item id; ids that need changing get a hash to stay unique."""
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", item_id).lstrip(".") or "item"
+    if safe == item_id:
+        return safe
+    return f"{safe[:100]}-{hashlib.sha1(item_id.encode()).hexdigest()[:8]}"

@@ -1,0 +1,49 @@
+"""Writers: stream chip embeddings into files, batch by batch, so memory stays flat.
+
+Each writer is opened for one source item, takes ``write(batch, embeddings)`` calls, and
+``close()`` finishes the file. The caller writes into a temporary directory and renames
+it into place, so a file is either complete or absent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pystac
+
+from ..chips import ChipBatch, ChipGrid
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the writers record about the source item of the chips."""
+
+    item_id: str
+    collection: str | None
+    datetime: str | None
+    properties: dict[str, Any]
+
+    @classmethod
+    def from_item(cls, item: pystac.Item) -> "SourceInfo":
+        properties = dict(item.properties)
+        moment = properties.get("datetime") or properties.get("start_datetime")
+        return cls(item.id, item.collection_id, moment, properties)
+
+
+class ChipWriter(Protocol):
+    def write(self, batch: ChipBatch, embeddings: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_writer(fmt: str, path, chip_grid: ChipGrid, source: SourceInfo, dims: int) -> ChipWriter:
+    """A writer for ``fmt`` (``geoparquet`` or ``geotiff``) at ``path``."""
+    if fmt == "geoparquet":
+        from .geoparquet import GeoParquetWriter
+
+        return GeoParquetWriter(path, chip_grid, source, dims)
+    from .cog import CogWriter
+
+    return CogWriter(path, chip_grid, source, dims)

@@ -1,0 +1,161 @@
+"""Chip embeddings -> GeoParquet 1.1: one row per chip, written one row group per batch.
+
+``geometry`` is the chip footprint in WGS84 (OGC:CRS84, for search across UTM zones), with a
+GeoParquet 1.1 ``bbox`` covering column; ``native_geometry`` is the exact footprint in the
+source CRS, on source pixel edges. The source item's properties become columns, so no
+metadata is lost on the way from imagery to vectors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+from pyproj import CRS, Transformer
+
+from ..chips import ChipBatch, ChipGrid
+from . import SourceInfo
+
+GEOPARQUET_VERSION = "1.1.0"
+_RESERVED = {
+    "id", "geometry", "bbox", "native_geometry", "embedding", "datetime", "source_item",
+    "source_collection", "chip_row", "chip_col", "col_off", "row_off", "width", "height",
+    "native_xmin", "native_ymin", "native_xmax", "native_ymax", "valid_fraction",
+}
+
+
+class GeoParquetWriter:
+    def __init__(self, path: Path, chip_grid: ChipGrid, source: SourceInfo, dims: int) -> None:
+        self.path = Path(path)
+        self.chip_grid = chip_grid
+        self.source = source
+        self.dims = dims
+        self.native_crs = CRS.from_wkt(chip_grid.grid.crs.to_wkt())
+        self.to_wgs84 = Transformer.from_crs(self.native_crs, "OGC:CRS84", always_xy=True)
+        self.constants = _property_columns(source.properties)
+        self.writer: pq.ParquetWriter | None = None
+        self.extent = [np.inf, np.inf, -np.inf, -np.inf]
+
+    def write(self, batch: ChipBatch, embeddings: np.ndarray) -> None:
+        table = self._table(batch, embeddings)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is None:  # no chip passed --min-valid: still write a valid, empty file
+            empty = np.zeros((0, self.dims), dtype="float32")
+            self.writer = pq.ParquetWriter(
+                self.path, self._table(ChipBatch([], np.zeros((0, 0, 0, 0)), np.zeros(0)), empty).schema,
+                compression="zstd",
+            )
+        self.writer.add_key_value_metadata({"geo": json.dumps(self._geo_metadata())})
+        self.writer.close()
+
+    def _table(self, batch: ChipBatch, embeddings: np.ndarray) -> pa.Table:
+        bounds = np.array([self.chip_grid.bounds(c) for c in batch.chips], dtype="float64").reshape(-1, 4)
+        native = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
+        wgs84 = self._to_wgs84(native, min_length=self.chip_grid.size * abs(self.chip_grid.grid.transform.a) / 8)
+        boxes = shapely.bounds(wgs84).reshape(-1, 4)
+        self._grow_extent(boxes)
+        n = len(batch.chips)
+        windows = [c.window for c in batch.chips]
+        columns: dict[str, pa.Array] = {
+            "id": pa.array([f"{self.source.item_id}_r{c.row}_c{c.col}" for c in batch.chips], pa.string()),
+            "geometry": pa.array(shapely.to_wkb(wgs84), pa.binary()),
+            "bbox": pa.StructArray.from_arrays(
+                [pa.array(boxes[:, i], pa.float64()) for i in range(4)], ["xmin", "ymin", "xmax", "ymax"]
+            ),
+            "native_geometry": pa.array(shapely.to_wkb(native), pa.binary()),
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ascontiguousarray(embeddings, dtype="float32").ravel(), pa.float32()), self.dims
+            ),
+            "datetime": pa.array([_timestamp(self.source.datetime)] * n, pa.timestamp("us", tz="UTC")),
+            "source_item": pa.array([self.source.item_id] * n, pa.string()),
+            "source_collection": pa.array([self.source.collection] * n, pa.string()),
+            "chip_row": pa.array([c.row for c in batch.chips], pa.int32()),
+            "chip_col": pa.array([c.col for c in batch.chips], pa.int32()),
+            "col_off": pa.array([w.col_off for w in windows], pa.int64()),
+            "row_off": pa.array([w.row_off for w in windows], pa.int64()),
+            "width": pa.array([w.width for w in windows], pa.int32()),
+            "height": pa.array([w.height for w in windows], pa.int32()),
+            "native_xmin": pa.array(bounds[:, 0]),
+            "native_ymin": pa.array(bounds[:, 1]),
+            "native_xmax": pa.array(bounds[:, 2]),
+            "native_ymax": pa.array(bounds[:, 3]),
+            "valid_fraction": pa.array(batch.valid_fraction, pa.float32()),
+        }
+        for name, (value, dtype) in self.constants.items():
+            columns[name] = pa.array([value] * n, dtype)
+        return pa.table(columns)
+
+    def _to_wgs84(self, polygons: np.ndarray, min_length: float) -> np.ndarray:
+        dense = shapely.segmentize(polygons, min_length) if len(polygons) else polygons
+        return shapely.transform(dense, lambda xy: np.column_stack(self.to_wgs84.transform(xy[:, 0], xy[:, 1])))
+
+    def _grow_extent(self, boxes: np.ndarray) -> None:
+        if len(boxes):
+            self.extent = [
+                min(self.extent[0], boxes[:, 0].min()), min(self.extent[1], boxes[:, 1].min()),
+                max(self.extent[2], boxes[:, 2].max()), max(self.extent[3], boxes[:, 3].max()),
+            ]
+
+    def _geo_metadata(self) -> dict[str, Any]:
+        extent = [float(v) for v in self.extent] if np.isfinite(self.extent).all() else []
+        native_extent = list(self.chip_grid.grid.bounds)
+        geometry = {
+            "encoding": "WKB",
+            "geometry_types": ["Polygon"],
+            "crs": CRS.from_user_input("OGC:CRS84").to_json_dict(),
+            "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
+        }
+        if extent:
+            geometry["bbox"] = extent
+        return {
+            "version": GEOPARQUET_VERSION,
+            "primary_column": "geometry",
+            "columns": {
+                "geometry": geometry,
+                "native_geometry": {
+                    "encoding": "WKB",
+                    "geometry_types": ["Polygon"],
+                    "crs": self.native_crs.to_json_dict(),
+                    "bbox": native_extent,
+                },
+            },
+        }
+
+
+def _timestamp(text: str | None):
+    if text is None:
+        return None
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _property_columns(properties: dict[str, Any]) -> dict[str, tuple[Any, pa.DataType]]:
+    """Source properties as constant columns; nested values as JSON text. Name clashes get ``source:``."""
+    columns = {}
+    for key, value in sorted(properties.items()):
+        if key == "datetime":
+            continue
+        name = f"source:{key}" if key in _RESERVED else key
+        if isinstance(value, (dict, list)):
+            columns[name] = (json.dumps(value), pa.string())
+        elif isinstance(value, bool):
+            columns[name] = (value, pa.bool_())
+        elif isinstance(value, int):
+            columns[name] = (value, pa.int64())
+        elif isinstance(value, float):
+            columns[name] = (value, pa.float64())
+        elif value is None:
+            columns[name] = (None, pa.null())
+        else:
+            columns[name] = (str(value), pa.string())
+    return columns
