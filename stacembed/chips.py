@@ -70,7 +70,7 @@ class ChipGrid:
         """
         t = self.grid.transform
         shift = (self.size - self.stride) / 2
-        origin_x, origin_y = t * (shift, shift)
+        origin_x, origin_y = t @ (shift, shift)
         transform = Affine(t.a * self.stride, 0.0, origin_x, 0.0, t.e * self.stride, origin_y)
         return Grid(self.grid.crs, transform, self.cols, self.rows)
 

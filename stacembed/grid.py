@@ -42,8 +42,8 @@ class Grid:
 
     def window_bounds(self, window: Window) -> tuple[float, float, float, float]:
         """(minx, miny, maxx, maxy) of a pixel window; exact multiples of the pixel size."""
-        left, top = self.transform * (window.col_off, window.row_off)
-        right, bottom = self.transform * (window.col_off + window.width, window.row_off + window.height)
+        left, top = self.transform @ (window.col_off, window.row_off)
+        right, bottom = self.transform @ (window.col_off + window.width, window.row_off + window.height)
         return (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
 
     def check_north_up(self, what: str) -> None:

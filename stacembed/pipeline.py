@@ -29,7 +29,8 @@ from .grid import Grid
 from .models import ModelCard, resolve_card
 from .models.weights import file_sha256, resolve_weights
 from .publish import (
-    SUFFIXES, Provenance, item_dir_name, output_item, write_catalog, write_json, write_model_card,
+    SUFFIXES, Provenance, item_dir_name, model_card_href, output_item, write_catalog, write_json,
+    write_model_card,
 )
 from .resolve import ItemFilter, resolve_items
 from .stack import native_grid, stack_item, target_grid
@@ -127,18 +128,23 @@ def run(config: RunConfig) -> RunSummary:
         stride=prepared.stride,
         parameters={**config.runtime_parameters(), "chip_size": prepared.chip_size, "stride": prepared.stride},
     )
+    created = [d for d in (config.out / prepared.collection_id, config.out) if not d.exists()]
     coll_dir = _prepare_out(config.out, prepared.collection_id)
-    model_href = write_model_card(coll_dir, card)
+    model_href = model_card_href(card)
     summary = RunSummary(config.out, None, prepared.collection_id)
     show = config.progress and sys.stderr.isatty()
-    for item, bands in tqdm(prepared.items, desc="items", unit="item", disable=not show):
-        final = coll_dir / item_dir_name(item.id)
-        if _finished(final, provenance):
-            summary.items_resumed.append(item.id)
-            continue
-        item_plan = prepared.plan_item(item, bands)
-        summary.chips += _embed_item(item_plan, embedder, final, prepared, provenance, model_href, show)
-        summary.items_done.append(item.id)
+    try:
+        for item, bands in tqdm(prepared.items, desc="items", unit="item", disable=not show):
+            final = coll_dir / item_dir_name(item.id)
+            if _finished(final, provenance):
+                summary.items_resumed.append(item.id)
+                continue
+            item_plan = prepared.plan_item(item, bands)
+            summary.chips += _embed_item(item_plan, embedder, final, prepared, provenance, model_href, show)
+            summary.items_done.append(item.id)
+    finally:
+        _remove_if_empty(*created)
+    write_model_card(coll_dir, card)
     summary.catalog = write_catalog(
         config.out, prepared.collection_id, list(_finished_items(coll_dir)), card=card,
         chip_size=prepared.chip_size, stride=prepared.stride, source_href=_source_href(config, prepared),
@@ -210,6 +216,15 @@ def _prepare_out(out: Path, collection_id: str) -> Path:
         if not pid.isdigit() or not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return coll_dir
+
+
+def _remove_if_empty(*dirs: Path) -> None:
+    """Leave no empty directories we created behind a run that failed before finishing any item."""
+    for directory in dirs:
+        try:
+            directory.rmdir()
+        except OSError:
+            pass
 
 
 def _alive(pid: int) -> bool:

@@ -185,7 +185,7 @@ def _collection(collection_id, items, card, chip_size, stride, source_href, desc
     links = [
         {"rel": "root", "href": "../catalog.json", "type": "application/json"},
         {"rel": "parent", "href": "../catalog.json", "type": "application/json"},
-        {"rel": "emb:model", "href": f"./model/{card.name}.json", "type": "application/geo+json",
+        {"rel": "emb:model", "href": "./" + model_card_href(card).removeprefix("../"), "type": "application/geo+json",
          "title": card.name},
     ]
     if source_href:
@@ -224,7 +224,12 @@ def _write_items_parquet(path: Path, items: list[dict[str, Any]], collection_id:
     os.replace(tmp, path)
 
 
-def write_model_card(coll_dir: Path, card: ModelCard) -> str:
+def model_card_href(card: ModelCard) -> str:
+    """Where an output item finds the copy of the model card (see ``write_model_card``)."""
+    return f"../model/{item_dir_name(card.name)}.json"
+
+
+def write_model_card(coll_dir: Path, card: ModelCard) -> None:
     """Copy the card next to the outputs (weights hrefs made absolute) so ``emb:model`` resolves."""
     model_dir = coll_dir / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -234,8 +239,7 @@ def write_model_card(coll_dir: Path, card: ModelCard) -> str:
             asset["href"] = card.weights_href
     data["links"] = [l for l in data.get("links", []) if l.get("rel") not in ("self", "root", "parent", "collection")]
     data.pop("collection", None)
-    write_json(model_dir / f"{card.name}.json", data)
-    return f"../model/{card.name}.json"
+    write_json(model_dir / f"{item_dir_name(card.name)}.json", data)
 
 
 def item_dir_name(item_id: str) -> str:

@@ -182,14 +182,15 @@ def _check_shape(data: xr.DataArray, grid: Grid, item: pystac.Item) -> xr.DataAr
 
 
 def _to_measurements(raw: xr.DataArray, bands: list[BandSource]) -> xr.DataArray:
-    scale = np.array([b.scale for b in bands], dtype="float32")[:, None, None]
-    offset = np.array([b.offset for b in bands], dtype="float32")[:, None, None]
+    # Scale in float64, round once to float32: the result equals an independent computation.
+    scale = np.array([b.scale for b in bands], dtype="float64")[:, None, None]
+    offset = np.array([b.offset for b in bands], dtype="float64")[:, None, None]
     declared = np.array([np.nan if b.nodata is None else b.nodata for b in bands], dtype="float32")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         values = raw.data
         if not all(b.nodata is None or math.isnan(b.nodata) for b in bands):
             values = np.where(values == declared[:, None, None], np.float32("nan"), values)
-        values = values * scale + offset
+        values = values.astype("float64") * scale + offset
     return xr.DataArray(values.astype("float32"), dims=("band", "y", "x"),
                         coords={"band": [b.name for b in bands]})

@@ -1,0 +1,5 @@
+"""``python -m stacembed`` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,62 @@
+import numpy as np
+import xarray as xr
+from affine import Affine
+from rasterio.crs import CRS
+
+from stacembed.chips import ChipGrid, read_batches
+from stacembed.grid import Grid
+
+GRID = Grid(CRS.from_epsg(32725), Affine(30.0, 0, 500010.0, 0, -30.0, 9100020.0), width=100, height=70)
+
+
+def test_grid_covers_raster_with_padding_at_far_edges():
+    chips = ChipGrid(GRID, size=32, stride=32)
+    assert (chips.rows, chips.cols) == (3, 4)  # 70 -> 0,32,64 ; 100 -> 0,32,64,96
+    last = chips.chip(2, 3)
+    assert (last.window.row_off, last.window.col_off) == (64, 96)
+    overlapping = ChipGrid(GRID, size=32, stride=16)
+    assert (overlapping.rows, overlapping.cols) == (4, 6)
+
+
+def test_footprints_lie_on_source_pixel_edges():
+    chips = ChipGrid(GRID, size=32, stride=24)
+    for chip in chips:
+        minx, miny, maxx, maxy = chips.bounds(chip)
+        for x in (minx, maxx):
+            assert ((x - 500010.0) / 30.0).is_integer()
+        for y in (miny, maxy):
+            assert ((9100020.0 - y) / 30.0).is_integer()
+        assert maxx - minx == 32 * 30.0 == maxy - miny
+
+
+def test_embedding_grid_pixels_are_centred_on_chips():
+    chips = ChipGrid(GRID, size=32, stride=16)
+    emb = chips.embedding_grid
+    assert (emb.width, emb.height) == (chips.cols, chips.rows)
+    assert emb.transform.a == 16 * 30.0 and emb.transform.e == -16 * 30.0
+    for chip in [chips.chip(0, 0), chips.chip(2, 5)]:
+        minx, miny, maxx, maxy = chips.bounds(chip)
+        cx, cy = emb.transform @ (chip.col + 0.5, chip.row + 0.5)
+        assert (cx, cy) == ((minx + maxx) / 2, (miny + maxy) / 2)
+    same = ChipGrid(GRID, size=32, stride=32)
+    assert same.embedding_grid.window_bounds(
+        __import__("rasterio").windows.Window(1, 1, 1, 1)) == same.bounds(same.chip(1, 1))
+
+
+def test_read_batches_pads_edges_and_applies_min_valid():
+    data = np.arange(2 * 70 * 100, dtype="float32").reshape(2, 70, 100)
+    data[:, :10, :] = np.nan  # a strip without data
+    stack = xr.DataArray(data, dims=("band", "y", "x"))
+    chips = ChipGrid(GRID, size=32, stride=32)
+    batches = list(read_batches(stack, chips, batch_size=5, min_valid=0.5))
+    got = [c for b in batches for c in b.chips]
+    assert all(len(b.chips) <= 5 for b in batches)
+    # bottom row chips hold 6 of 32 rows of data; last column 4 of 32 columns: skipped
+    assert {(c.row, c.col) for c in got} == {(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)}
+    first = batches[0]
+    np.testing.assert_array_equal(first.pixels[0], data[:, 0:32, 0:32])
+    assert first.valid_fraction[0] == (32 - 10) / 32
+    everything = list(read_batches(stack, chips, batch_size=64, min_valid=0.0))
+    edge = next(p for b in everything for c, p in zip(b.chips, b.pixels) if (c.row, c.col) == (2, 3))
+    np.testing.assert_array_equal(edge[:, :6, :4], data[:, 64:70, 96:100])
+    assert np.isnan(edge[:, 6:, :]).all() and np.isnan(edge[:, :, 4:]).all()
