@@ -107,7 +107,7 @@ def _read_stac(href: str) -> pystac.STACObject:
         return pystac.read_file(href)
     except FileNotFoundError:
         raise ResolveError(f"catalog {href!r} does not exist") from None
-    except (OSError, json.JSONDecodeError, pystac.STACError, KeyError, ValueError) as exc:
+    except (OSError, pystac.STACError, pystac.STACTypeError, KeyError, TypeError, ValueError) as exc:
         raise ResolveError(f"cannot read STAC catalog {href!r}: {_reason(exc)}") from exc
 
 
@@ -123,7 +123,7 @@ def read_item_file(path: str) -> list[pystac.Item]:
             items = _read_json_items(json.loads(_read_text(path)))
     except FileNotFoundError:
         raise ResolveError(f"item file {path!r} does not exist") from None
-    except (OSError, ValueError, KeyError, TypeError, pystac.STACError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, pystac.STACError, pystac.STACTypeError) as exc:
         raise ResolveError(f"cannot read items from {path!r}: {_reason(exc)}") from exc
     base = path if urlparse(path).scheme in ("http", "https", "file") else str(Path(path).resolve())
     for item in items:

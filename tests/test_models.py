@@ -1,0 +1,166 @@
+"""Model cards, value scaling, and weights: safe loading, checksums, download and cache."""
+
+import functools
+import hashlib
+import http.server
+import json
+import pickle
+import threading
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from stacembed.embed import Embedder
+from stacembed.errors import ModelError
+from stacembed.models import ModelCard, create_backbone, list_cards, resolve_card
+from stacembed.models.scaling import apply_value_scaling
+from stacembed.models.weights import load_weights, resolve_weights
+
+from conftest import DEMO_CARD
+
+
+def card_dict(**changes):
+    data = json.loads(DEMO_CARD.read_text())
+    data["properties"].update(changes)
+    return data
+
+
+def test_builtin_demo_card():
+    assert "stacembed-demo-landsat" in list_cards()
+    card = resolve_card("stacembed-demo-landsat")
+    assert card.bands == ("blue", "green", "red", "nir", "swir16", "swir22")
+    assert (card.input_size, card.embedding_size, card.pretrained) == ((64, 64), 96, False)
+    assert card.weights_href == str(DEMO_CARD.with_suffix(".safetensors"))
+    assert len(card.weights_sha256) == 64
+    with pytest.raises(ModelError, match="unknown model 'nope'"):
+        resolve_card("nope")
+
+
+def test_card_validation_errors(tmp_path):
+    bad = card_dict()
+    del bad["properties"]["mlm:input"]
+    with pytest.raises(ModelError, match="not a usable MLM item"):
+        ModelCard.from_item(bad, "card.json")
+    odd = card_dict()
+    odd["properties"]["mlm:input"][0]["value_scaling"] = [{"type": "log"}]
+    with pytest.raises(ModelError, match="value_scaling type 'log' is not supported"):
+        ModelCard.from_item(odd, "card.json")
+    wrong = card_dict()
+    wrong["properties"]["mlm:output"][0]["result"]["shape"] = [-1, 512]
+    with pytest.raises(ModelError, match="gives 96-d embeddings, the card says 512"):
+        create_backbone(ModelCard.from_item(wrong, "card.json"))
+
+
+def test_value_scaling_matches_the_mlm_formulas():
+    x = torch.tensor([[[2.0], [10.0], [5.0], [-3.0], [7.0], [9.0], [4.0]]])  # (1, 7 bands, 1)
+    steps = [
+        {"type": "z-score", "mean": 1.0, "stddev": 2.0},
+        {"type": "min-max", "minimum": 0.0, "maximum": 20.0},
+        {"type": "clip", "minimum": 0.0, "maximum": 4.0},
+        {"type": "clip-min", "minimum": 0.0},
+        {"type": "offset", "value": 2.0},
+        {"type": "scale", "value": 3.0},
+        None,
+    ]
+    out = apply_value_scaling(x, steps).flatten().tolist()
+    assert out == pytest.approx([0.5, 0.5, 4.0, 0.0, 5.0, 3.0, 4.0])
+    broadcast = apply_value_scaling(torch.ones(1, 3, 2), [{"type": "scale", "value": 4.0}])
+    assert torch.equal(broadcast, torch.full((1, 3, 2), 0.25))
+    nan = apply_value_scaling(torch.tensor([[[float("nan")]]]), [{"type": "clip", "minimum": 0, "maximum": 1}])
+    assert torch.isnan(nan).all()
+
+
+def _model():
+    return timm.create_model("test_resnet", pretrained=False, in_chans=6, num_classes=0)
+
+
+def test_state_dict_checkpoints_load_with_weights_only(tmp_path):
+    torch.manual_seed(3)
+    source = _model()
+    torch.save({"state_dict": source.state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")
+    target = _model()
+    load_weights(target, tmp_path / "ckpt.pt")
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("arbitrary code ran",))
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"weights": Payload()}, f)
+    with pytest.raises(ModelError, match="never unpickles arbitrary objects"):
+        load_weights(_model(), tmp_path / "evil.pt")
+
+
+def test_mismatched_weights_are_an_error(tmp_path):
+    other = timm.create_model("test_resnet", pretrained=False, in_chans=3, num_classes=0)
+    save_file(other.state_dict(), str(tmp_path / "rgb.safetensors"))
+    with pytest.raises(ModelError, match="do not fit the model"):
+        load_weights(_model(), tmp_path / "rgb.safetensors")
+
+
+def test_checksum_mismatch_of_local_weights(tmp_path):
+    data = card_dict()
+    data["assets"]["weights"]["href"] = str(tmp_path / "w.safetensors")
+    save_file(_model().state_dict(), str(tmp_path / "w.safetensors"))
+    with pytest.raises(ModelError, match="do not match the SHA-256"):
+        resolve_weights(ModelCard.from_item(data, str(tmp_path / "card.json")))
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A real HTTP server on loopback serving ``tmp_path/www``."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_is_checked_cached_and_used(http_server, tmp_path, monkeypatch):
+    root, url = http_server
+    monkeypatch.setenv("STACEMBED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("STACEMBED_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    weights = DEMO_CARD.with_suffix(".safetensors").read_bytes()
+    (root / "w.safetensors").write_bytes(weights)
+    data = card_dict()
+    data["assets"]["weights"]["href"] = f"{url}/w.safetensors"
+    card = ModelCard.from_item(data, f"{url}/card.json")
+    path = resolve_weights(card)
+    assert path.read_bytes() == weights and str(path).startswith(str(tmp_path / "cache"))
+    (root / "w.safetensors").unlink()  # the cache answers now, even offline
+    monkeypatch.setenv("STACEMBED_OFFLINE", "1")
+    assert resolve_weights(card) == path
+    embedder = Embedder.from_card(card, path, torch.device("cpu"))
+    assert embedder(torch.zeros(2, 6, 64, 64).numpy()).shape == (2, 96)
+
+
+def test_download_with_wrong_checksum_is_discarded(http_server, tmp_path, monkeypatch):
+    root, url = http_server
+    monkeypatch.setenv("STACEMBED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("STACEMBED_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    (root / "w.safetensors").write_bytes(b"tampered")
+    data = card_dict()
+    data["assets"]["weights"]["href"] = f"{url}/w.safetensors"
+    with pytest.raises(ModelError, match="SHA-256"):
+        resolve_weights(ModelCard.from_item(data, f"{url}/card.json"))
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_random_weights_are_seeded():
+    card = resolve_card("stacembed-demo-landsat")
+    x = torch.rand(1, 6, 64, 64).numpy()
+    a = Embedder.from_card(card, None, torch.device("cpu"))(x)
+    b = Embedder.from_card(card, None, torch.device("cpu"))(x)
+    assert (a == b).all()
+    assert hashlib.sha256(a.tobytes()).hexdigest() == hashlib.sha256(b.tobytes()).hexdigest()

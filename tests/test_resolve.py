@@ -1,0 +1,83 @@
+import json
+
+import pyarrow.parquet as pq
+import pystac
+import pytest
+import stac_geoparquet.arrow
+
+from stacembed.config import parse_datetime
+from stacembed.errors import ResolveError
+from stacembed.resolve import ItemFilter, read_item_file, resolve_items
+
+
+@pytest.fixture
+def catalog(synthetic_catalog):
+    return synthetic_catalog("1.1", n_items=3, shape=(16, 16))
+
+
+def ids(items):
+    return [i.id for i in items]
+
+
+def test_filters(catalog):
+    everything = resolve_items(catalog=str(catalog))
+    assert ids(everything) == ["item-0", "item-1", "item-2"]
+    assert all(a.href.startswith("/") for i in everything for a in i.assets.values())
+    assert ids(resolve_items(catalog=str(catalog), filter=ItemFilter(ids=("item-2", "item-0")))) == ["item-0", "item-2"]
+    assert ids(resolve_items(catalog=str(catalog), filter=ItemFilter(max_items=2))) == ["item-0", "item-1"]
+    # items are 5 km apart: a bbox around the second one only
+    lon, lat = everything[1].geometry["coordinates"][0][0]
+    bbox = (lon + 0.001, lat + 0.001, lon + 0.002, lat + 0.002)
+    assert ids(resolve_items(catalog=str(catalog), filter=ItemFilter(bbox=bbox))) == ["item-1"]
+    # datetimes are 2024-02-15, 2024-03-15, 2024-04-15
+    march = ItemFilter(datetime=parse_datetime("2024-03"))
+    assert ids(resolve_items(catalog=str(catalog), filter=march)) == ["item-1"]
+    open_start = ItemFilter(datetime=parse_datetime("../2024-03-15T10:00:00Z"))
+    assert ids(resolve_items(catalog=str(catalog), filter=open_start)) == ["item-0", "item-1"]
+
+
+def test_collection_filter_and_errors(catalog):
+    assert len(resolve_items(catalog=str(catalog), filter=ItemFilter(collection="synthetic"))) == 3
+    with pytest.raises(ResolveError, match=r"collection 'other' not found .* \(it has: synthetic\)"):
+        resolve_items(catalog=str(catalog), filter=ItemFilter(collection="other"))
+    with pytest.raises(ResolveError, match="no items matched .*ids=nope"):
+        resolve_items(catalog=str(catalog), filter=ItemFilter(ids=("nope",)))
+
+
+def _source_items(catalog):
+    return [i.to_dict() for i in resolve_items(catalog=str(catalog))]
+
+
+def test_item_files_in_three_formats(catalog, tmp_path):
+    dicts = _source_items(catalog)
+    collection_file = tmp_path / "items.json"
+    collection_file.write_text(json.dumps({"type": "FeatureCollection", "features": dicts}))
+    ndjson = tmp_path / "items.ndjson"
+    ndjson.write_text("\n".join(json.dumps(d) for d in dicts) + "\n")
+    parquet = tmp_path / "items.parquet"
+    pq.write_table(stac_geoparquet.arrow.parse_stac_items_to_arrow(dicts).read_all(), parquet)
+    for path in (collection_file, ndjson, parquet):
+        items = read_item_file(str(path))
+        assert ids(items) == ["item-0", "item-1", "item-2"], path
+        assert items[0].assets["B3"].href == dicts[0]["assets"]["B3"]["href"]
+    picked = resolve_items(items=str(ndjson), filter=ItemFilter(collection="synthetic", ids=("item-1",)))
+    assert ids(picked) == ["item-1"]
+
+
+def test_relative_asset_hrefs_in_item_files_resolve_against_the_file(tmp_path):
+    item = pystac.Item("rel", None, None, __import__("datetime").datetime(2024, 1, 1), {})
+    item.add_asset("B1", pystac.Asset("./data/B1.tif"))
+    (tmp_path / "one.json").write_text(json.dumps(item.to_dict(include_self_link=False)))
+    (read,) = read_item_file(str(tmp_path / "one.json"))
+    assert read.assets["B1"].href == str(tmp_path / "data" / "B1.tif")
+
+
+def test_unreadable_inputs(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ResolveError, match="cannot read items from"):
+        read_item_file(str(tmp_path / "bad.json"))
+    with pytest.raises(ResolveError, match="does not exist"):
+        read_item_file(str(tmp_path / "missing.ndjson"))
+    (tmp_path / "cat.json").write_text(json.dumps({"type": "Catalog"}))
+    with pytest.raises(ResolveError, match="cannot read STAC catalog"):
+        resolve_items(catalog=str(tmp_path / "cat.json"))
