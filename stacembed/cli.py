@@ -92,7 +92,7 @@ def run(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool, 
     from . import pipeline
 
     if config.dry_run:
-        click.echo(json.dumps(pipeline.plan(config), indent=2))
+        _print_plan(pipeline.plan(config), config)
         return
     summary = pipeline.run(config)
     if not quiet:
@@ -130,6 +130,26 @@ def models_describe(name: str) -> None:
         "value_scaling": list(card.value_scaling), "weights": card.weights_href,
         "pretrained": card.pretrained,
     }, indent=2))
+
+
+def _print_plan(plan: dict, config: RunConfig) -> None:
+    click.echo(f"model {plan['model']}: bands {', '.join(plan['bands'])}; "
+               f"{plan['chip_size']} px chips every {plan['stride']} px")
+    width = max(len(row["id"]) for row in plan["items"])
+    click.echo(f"{'item':<{width}}  {'chips':>6}  grid")
+    for row in plan["items"]:
+        click.echo(f"{row['id']:<{width}}  {row['chips']:>6}  {row['grid']}")
+    size = plan["estimated_bytes"]
+    click.echo(f"{len(plan['items'])} items, {plan['chips']} chips (at most: --min-valid may skip some), "
+               f"about {_human_size(size)} of embeddings -> {config.out / plan['collection']}")
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:

@@ -44,16 +44,19 @@ class GeoParquetWriter:
     def write(self, batch: ChipBatch, embeddings: np.ndarray) -> None:
         table = self._table(batch, embeddings)
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+            self.writer = self._open(table.schema)
         self.writer.write_table(table)
+
+    def _open(self, schema: pa.Schema) -> pq.ParquetWriter:
+        # The schema carries the ``geo`` metadata known up front (CRS, encoding, covering);
+        # ``close`` adds the final version with the bounding boxes to the file footer.
+        schema = schema.with_metadata({"geo": json.dumps(self._geo_metadata())})
+        return pq.ParquetWriter(self.path, schema, compression="zstd")
 
     def close(self) -> None:
         if self.writer is None:  # no chip passed --min-valid: still write a valid, empty file
             empty = np.zeros((0, self.dims), dtype="float32")
-            self.writer = pq.ParquetWriter(
-                self.path, self._table(ChipBatch([], np.zeros((0, 0, 0, 0)), np.zeros(0)), empty).schema,
-                compression="zstd",
-            )
+            self.writer = self._open(self._table(ChipBatch([], np.zeros((0, 0, 0, 0)), np.zeros(0)), empty).schema)
         self.writer.add_key_value_metadata({"geo": json.dumps(self._geo_metadata())})
         self.writer.close()
 
@@ -115,7 +118,7 @@ class GeoParquetWriter:
             "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
         }
         if extent:
-            geometry["bbox"] = extent
+            geometry["bbox"] = extent  # known once all chips are written
         return {
             "version": GEOPARQUET_VERSION,
             "primary_column": "geometry",
