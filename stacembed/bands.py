@@ -7,7 +7,7 @@ Handles both STAC dialects: 1.0 (``eo:bands`` / ``raster:bands``) and 1.1 (``ban
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import pystac
 
@@ -30,12 +30,19 @@ class BandSource:
     nodata: float | None = None
 
 
-def match_bands(item: pystac.Item, names: list[str]) -> list[BandSource]:
-    """Find each model band in ``item``; error naming every missing band and what is there."""
+def match_bands(item: pystac.Item, names: list[str], aliases: Mapping[str, str] = {}) -> list[BandSource]:
+    """Find each model band in ``item``; error naming every missing band and what is there.
+
+    ``aliases`` maps a model band name to an asset key (from a catalog preset or ``--band``);
+    it is tried first, so a collection with unusual asset keys still matches.
+    """
     candidates = list(_band_candidates(item))
+    lowered = {k.lower(): v for k, v in aliases.items()}
     found, missing = [], []
     for name in names:
-        source = _best_match(name, candidates)
+        alias = lowered.get(name.lower())
+        source = _best_match(alias, candidates, rename=name) if alias else None
+        source = source or _best_match(name, candidates)
         if source is None:
             missing.append(name)
         else:
@@ -49,14 +56,14 @@ def match_bands(item: pystac.Item, names: list[str]) -> list[BandSource]:
     return found
 
 
-def _best_match(name: str, candidates: list[tuple[BandSource, list[str]]]) -> BandSource | None:
+def _best_match(name: str, candidates: list[tuple[BandSource, list[str]]], rename: str | None = None) -> BandSource | None:
     wanted = name.lower()
     # Ranked: asset key, then band name, then common name -- an exact asset key always wins.
     for rank in range(3):
         for source, labels in candidates:
             if len(labels) > rank and labels[rank] == wanted:
                 return BandSource(
-                    name, source.asset_key, source.href, source.index, source.scale,
+                    rename or name, source.asset_key, source.href, source.index, source.scale,
                     source.offset, source.nodata,
                 )
     return None
@@ -94,7 +101,7 @@ def _source(key: str, asset: pystac.Asset, fields: dict, band: dict, i: int) -> 
     return BandSource(
         name=str(band.get("name") or key),
         asset_key=key,
-        href=asset.get_absolute_href() or asset.href,
+        href=_absolute_href(asset),
         index=i + 1,
         scale=float(pick("raster:scale", "scale") or 1.0),
         offset=float(pick("raster:offset", "offset") or 0.0),
@@ -112,3 +119,13 @@ def _nodata_value(value: Any) -> float | None:
 
 def _at(values: list[dict], i: int) -> dict:
     return values[i] if i < len(values) and isinstance(values[i], dict) else {}
+
+
+def _absolute_href(asset: pystac.Asset) -> str:
+    """The asset's href; a local absolute path stays a path even when the item came over HTTP.
+
+    (pystac would join ``/data/B04.tif`` onto an API item's ``http://host/...`` self link.)
+    """
+    if "://" in asset.href or asset.href.startswith("/"):
+        return asset.href
+    return asset.get_absolute_href() or asset.href

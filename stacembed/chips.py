@@ -10,6 +10,7 @@ A chip is kept when the fraction of its pixels with data in every band is at lea
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -21,6 +22,7 @@ from rasterio.windows import Window
 
 from .grid import Grid
 
+log = logging.getLogger("stacembed")
 
 @dataclass(frozen=True)
 class Chip:
@@ -94,19 +96,29 @@ def read_batches(
     """Read chips from the lazy stack, keep those with enough data, yield them in batches.
 
     Reads go one run of at most ``batch_size`` neighbouring chips at a time, so memory holds
-    about two batches of pixels however large the item is.
+    about two batches of pixels however large the item is. When no chip passes, nothing is
+    yielded (the writers then write valid, empty files) and a warning says why.
     """
     kept: list[tuple[Chip, np.ndarray, float]] = []
+    any_kept, best = False, 0.0
     for run in _runs(chip_grid, batch_size):
         for chip, pixels in _read_run(data, run, chip_grid.size):
             fraction = float(np.isfinite(pixels).all(axis=0).mean())
+            best = max(best, fraction)
             if fraction >= min_valid and fraction > 0:
                 kept.append((chip, pixels, fraction))
+                any_kept = True
             if len(kept) == batch_size:
                 yield _batch(kept)
                 kept = []
     if kept:
         yield _batch(kept)
+    if not any_kept:
+        what = f"item {data.attrs['item']!r}" if "item" in data.attrs else "this item"
+        log.warning(
+            "%s: none of its %d chips has enough valid pixels (--min-valid %g; the best has %.3g), "
+            "so its embedding outputs are empty", what, len(chip_grid), min_valid, best,
+        )
 
 
 def _runs(chip_grid: ChipGrid, batch_size: int) -> Iterator[list[Chip]]:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import click
 
 from . import __version__
+from .access import HEADERS_ENV, SIGNERS, Access, parse_headers, redact
 from .config import DEVICES, FORMATS, LOADERS, RESAMPLING, RunConfig
 from .errors import StacembedError
+from .resolve.export import FORMATS as SEARCH_FORMATS
 
 RUN_EXAMPLES = """
 \b
@@ -28,8 +30,46 @@ Examples:
       --bbox -35.0,-8.1,-34.8,-7.9 --datetime 2024-06-01/2024-08-31 \\
       --model ./my-model.json --out out/
 \b
+  # a STAC API search, low cloud cover, published back to a transactional API
+  stacembed run --api https://earth-search.aws.element84.com/v1 --collection sentinel-2-l2a \\
+      --bbox 11.0,46.0,11.2,46.2 --datetime 2024-07 --filter "eo:cloud_cover < 10" \\
+      --model ./s2-model.json --out out/ \\
+      --publish http://localhost:8082 --asset-base-href https://data.example.com/out
+\b
+  # a public API by preset name (see `stacembed presets`)
+  stacembed run --catalog earth-search --collection sentinel-2-l2a --ids S2B_33TUL_20240704_0_L2A \\
+      --model ./s2-model.json --out out/
+\b
   # everything from a YAML file, one flag overridden
   stacembed run --config run.yaml --batch-size 64
+"""
+
+SEARCH_EXAMPLES = """
+\b
+Examples:
+  # what the bundled sample catalog holds
+  stacembed search
+\b
+  # a STAC API search, saved as stac-geoparquet for `stacembed run --items`
+  stacembed search --api https://earth-search.aws.element84.com/v1 --collection sentinel-2-l2a \\
+      --bbox 11.0,46.0,11.2,46.2 --datetime 2024-07 --query '{"eo:cloud_cover": {"lt": 10}}' \\
+      --sortby eo:cloud_cover --max-items 20 --format geoparquet -o items.parquet
+"""
+
+PUBLISH_EXAMPLES = """
+\b
+Examples:
+  # files uploaded to https://data.example.com/out, catalog to a pgstac API
+  stacembed publish out/ --api http://localhost:8082 --asset-base-href https://data.example.com/out \\
+      --header "Authorization=Bearer $TOKEN"
+"""
+
+
+MODELS_EXAMPLES = """
+\b
+Examples:
+  stacembed models list
+  stacembed models describe stacembed-demo-landsat
 """
 
 
@@ -52,15 +92,42 @@ def main() -> None:
     """STAC-native embeddings: STAC items in, embedding STAC items (GeoParquet + COG) out."""
 
 
+def _search_options(func: Callable) -> Callable:
+    """The options that say which items to use and how to reach them (``run`` and ``search``)."""
+    options = [
+        click.option("--api", help="STAC API root URL to search with pystac-client."),
+        click.option("--catalog", help="Static catalog.json / collection.json (path or http(s) URL), or a preset "
+                                        "name (see `stacembed presets`). Default: the bundled sample catalog."),
+        click.option("--items", help="Items file: ItemCollection JSON, ndjson, or stac-geoparquet."),
+        click.option("--collection", "collections", multiple=True, help="Collection id; repeat or comma-separate for several."),
+        click.option("--bbox", help="W,S,E,N in WGS84 degrees; keeps items that intersect it."),
+        click.option("--intersects", help="GeoJSON file (geometry, Feature or FeatureCollection) items must intersect."),
+        click.option("--datetime", "datetime_", help="RFC 3339 datetime or interval, e.g. 2024-01-01/2024-06-30 or 2024-01-01/.."),
+        click.option("--ids", help="Comma-separated item ids."),
+        click.option("--query", help='Query extension JSON (or @file), e.g. \'{"eo:cloud_cover": {"lt": 10}}\'.'),
+        click.option("--filter", "filter_", help="CQL2 filter, text or JSON (or @file), e.g. \"eo:cloud_cover < 10\"."),
+        click.option("--filter-lang", type=click.Choice(["cql2-text", "cql2-json"]), help="Language of --filter (default: guessed)."),
+        click.option("--sortby", help="Sort fields, e.g. -eo:cloud_cover,+datetime."),
+        click.option("--max-items", type=int, help="Stop after this many matched items."),
+        click.option("--page-size", type=int, help="Items per page of API results (default 100)."),
+        click.option("--header", "headers", multiple=True, metavar="KEY=VALUE",
+                     help=f"HTTP header for the API and asset reads (repeatable; also ${HEADERS_ENV}, one per line)."),
+        click.option("--sign", type=click.Choice(SIGNERS), help="Sign asset hrefs (needs the matching extra)."),
+        click.option("--gdal", multiple=True, metavar="KEY=VALUE", help="GDAL config option for asset reads (repeatable)."),
+        click.option("--aws-unsigned", is_flag=True, default=None, help="Read public S3 buckets without credentials."),
+        click.option("--requester-pays", is_flag=True, default=None, help="Accept requester-pays S3 charges."),
+        click.option("--timeout", type=float, help="Seconds to wait for the API and asset reads (default 30)."),
+        click.option("--retries", type=int, help="Retries with backoff for the API and asset reads (default 3)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @main.command(epilog=RUN_EXAMPLES)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of run options; flags override it.")
-@click.option("--collection", help="Collection id of the items to embed (default: the only one in the source).")
-@click.option("--catalog", help="Static catalog.json / collection.json, local path or http(s) URL. Default: the bundled sample catalog.")
-@click.option("--items", help="Items file: ItemCollection JSON, ndjson, or stac-geoparquet.")
-@click.option("--bbox", help="W,S,E,N in WGS84 degrees; keeps items that intersect it.")
-@click.option("--datetime", "datetime_", help="RFC 3339 datetime or interval, e.g. 2024-01-01/2024-06-30 or 2024-01-01/..")
-@click.option("--ids", help="Comma-separated item ids.")
-@click.option("--max-items", type=int, help="Stop after this many matched items.")
+@_search_options
+@click.option("--band", "bands", multiple=True, metavar="BAND=ASSET", help="Use asset ASSET for the model's band BAND (repeatable).")
 @click.option("--model", help="Model card: a built-in name (see `stacembed models list`) or an MLM item path/URL.")
 @click.option("--weights", help="Weights file (safetensors or state dict), or 'random' to run untrained.")
 @click.option("--chip-size", type=int, help="Chip size in pixels (default: the card's input size).")
@@ -75,19 +142,15 @@ def main() -> None:
 @click.option("--loader", type=click.Choice(LOADERS), help="Array loader (default stackstac).")
 @click.option("--output-collection", help="Id of the output collection (default: <source collection>-<model>).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory for the STAC catalog.")
+@click.option("--publish", help="Also publish the results to this STAC API (Transactions extension).")
+@click.option("--asset-base-href", help="With --publish: URL where the --out directory's files are served.")
 @click.option("--dry-run", is_flag=True, default=None, help="Print the plan (items, chips, output size) and stop.")
 @click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 @click.pass_context
 def run(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool, **flags: Any) -> None:
     """Embed STAC items with a backbone model and publish the embeddings as a STAC catalog."""
-    ctx.meta["stacembed.verbose"] = verbose > 0
-    _setup_logging(verbose, quiet)
-    flags["datetime"] = flags.pop("datetime_")
-    given = {k: v for k, v in flags.items() if v is not None and v != ()}
-    if quiet:
-        given["progress"] = False
-    config = RunConfig.from_yaml(config_file, given) if config_file else RunConfig.from_mapping(given)
+    config = _config(ctx, config_file, verbose, quiet, flags)
 
     from . import pipeline
 
@@ -100,9 +163,77 @@ def run(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool, 
             f"{len(summary.items_done)} item(s) embedded ({summary.chips} chips), "
             f"{len(summary.items_resumed)} already done; catalog: {summary.catalog}"
         )
+        if config.publish:
+            click.echo(f"published {summary.published} item(s) to {redact(config.publish)}")
 
 
-@main.group()
+@main.command(epilog=SEARCH_EXAMPLES)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of options; flags override it.")
+@_search_options
+@click.option("--format", "output_format", type=click.Choice(SEARCH_FORMATS),
+              help="Output format (default: table on a terminal, json otherwise).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
+@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+@click.pass_context
+def search(ctx: click.Context, config_file: str | None, output_format: str | None, output: str | None,
+           verbose: int, **flags: Any) -> None:
+    """Find the items a run would embed, without running anything."""
+    config = _config(ctx, config_file, verbose, False, flags, need_out=False)
+    from . import search as find_items
+    from .resolve.export import write_items
+
+    found = find_items(config)
+    fmt = output_format or ("table" if output is None and sys.stdout.isatty() else "json")
+    write_items(found, fmt, output)
+
+
+@main.command(epilog=PUBLISH_EXAMPLES)
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--api", required=True, help="STAC API root URL with the Transactions extension.")
+@click.option("--asset-base-href", required=True, help="URL where DIRECTORY's files are served (asset hrefs are rewritten under it).")
+@click.option("--header", "headers", multiple=True, metavar="KEY=VALUE", help=f"HTTP header, e.g. Authorization=... (repeatable; also ${HEADERS_ENV}).")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for each request.")
+@click.option("--retries", type=int, default=3, show_default=True, help="Retries with backoff.")
+@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+@click.pass_context
+def publish(ctx: click.Context, directory: str, api: str, asset_base_href: str, headers: tuple[str, ...],
+            timeout: float, retries: int, verbose: int) -> None:
+    """Create or update a run's collection and items on a STAC API (idempotent)."""
+    ctx.meta["stacembed.verbose"] = verbose > 0
+    _setup_logging(verbose, False)
+    from .transactions import publish_catalog
+
+    access = Access(headers=parse_headers(headers), timeout=timeout, retries=retries)
+    count = publish_catalog(directory, api, asset_base_href=asset_base_href, access=access)
+    click.echo(f"published {count} item(s) to {redact(api)}")
+
+
+@main.command()
+def presets() -> None:
+    """List the public STAC API presets usable as --catalog NAME."""
+    from .resolve import load_presets
+
+    for name, preset in load_presets().items():
+        extras = [f"signing: {preset.signing}"] if preset.signing else []
+        extras += ["needs credentials"] if preset.auth else []
+        click.echo(f"{name}\t{preset.api}\t{', '.join(preset.collections)}" + (f"\t({'; '.join(extras)})" if extras else ""))
+
+
+def _config(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool, flags: dict[str, Any],
+            need_out: bool = True) -> RunConfig:
+    ctx.meta["stacembed.verbose"] = verbose > 0
+    _setup_logging(verbose, quiet)
+    flags["datetime"] = flags.pop("datetime_")
+    flags["filter"] = flags.pop("filter_")
+    given = {k: v for k, v in flags.items() if v is not None and v != ()}
+    if quiet:
+        given["progress"] = False
+    if config_file:
+        return RunConfig.from_yaml(config_file, given, need_out=need_out)
+    return RunConfig.from_mapping(given, need_out=need_out)
+
+
+@main.group(epilog=MODELS_EXAMPLES)
 def models() -> None:
     """Model cards (STAC MLM items) stacembed knows by name."""
 
@@ -133,6 +264,7 @@ def models_describe(name: str) -> None:
 
 
 def _print_plan(plan: dict, config: RunConfig) -> None:
+    click.echo(f"source {plan['source']}")
     click.echo(f"model {plan['model']}: bands {', '.join(plan['bands'])}; "
                f"{plan['chip_size']} px chips every {plan['stride']} px")
     width = max(len(row["id"]) for row in plan["items"])

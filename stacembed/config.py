@@ -13,11 +13,14 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .access import Access
 
 FORMATS = ("geoparquet", "geotiff")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -33,14 +36,31 @@ Interval = tuple[datetime | None, datetime | None]
 class RunConfig:
     """Everything `stacembed run` needs; see `stacembed run --help` for each field's meaning."""
 
-    out: Path
-    collection: str | None = None
+    out: Path | None = None
+    # where the items come from, and which
+    api: str | None = None
     catalog: str | None = None
     items: str | None = None
+    collections: tuple[str, ...] = ()
     bbox: Bbox | None = None
+    intersects: dict | None = None
     datetime: Interval | None = None
     ids: tuple[str, ...] = ()
+    query: dict | None = None
+    filter: dict | None = None
+    sortby: tuple[tuple[str, str], ...] = ()
     max_items: int | None = None
+    page_size: int = 100
+    # how to reach them
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    gdal: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    sign: str | None = None
+    timeout: float = 30.0
+    retries: int = 3
+    aws_unsigned: bool = False
+    requester_pays: bool = False
+    bands: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # the model and the embeddings
     model: str = DEFAULT_MODEL
     weights: str | None = None
     chip_size: int | None = None
@@ -54,15 +74,23 @@ class RunConfig:
     resampling: str = "nearest"
     loader: str = "stackstac"
     output_collection: str | None = None
+    # where the results go
+    publish: str | None = None
+    asset_base_href: str | None = None
     dry_run: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.catalog and self.items:
-            raise ConfigError("give either --catalog or --items, not both")
+        sources = [f"--{name}" for name in ("api", "catalog", "items") if getattr(self, name)]
+        if len(sources) > 1:
+            raise ConfigError(f"give only one of --api, --catalog, --items (got {', '.join(sources)})")
+        if self.bbox and self.intersects:
+            raise ConfigError("give either --bbox or --intersects, not both")
+        if self.publish and not self.asset_base_href:
+            raise ConfigError("--publish needs --asset-base-href: where the API's users can fetch the files")
         if self.max_items is not None and self.max_items < 1:
             raise ConfigError(f"--max-items must be >= 1, got {self.max_items}")
-        for name in ("chip_size", "stride", "batch_size"):
+        for name in ("chip_size", "stride", "batch_size", "page_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -76,25 +104,35 @@ class RunConfig:
         _check_choices("resampling", (self.resampling,), RESAMPLING)
         if self.resolution is not None and self.resolution <= 0:
             raise ConfigError(f"--resolution must be > 0, got {self.resolution}")
+        self.access()  # validates --sign, --timeout, --retries
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "RunConfig":
+    def from_mapping(cls, values: Mapping[str, Any], *, need_out: bool = True) -> "RunConfig":
         """Build a config from loosely typed values (YAML, CLI), parsing strings as the CLI does."""
         known = {f.name: f for f in dataclasses.fields(cls)}
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+        filter_lang = values.pop("filter_lang", None)  # only says how to read --filter
         kwargs: dict[str, Any] = {}
         for raw_key, value in values.items():
-            key = raw_key.replace("-", "_")
+            key = _ALIASES.get(raw_key, raw_key)
             if key not in known:
                 raise ConfigError(f"unknown configuration key {raw_key!r}")
-            if value is None:
+            if value is None or value == ():
                 continue
-            kwargs[key] = _coerce(key, value)
-        if "out" not in kwargs:
+            kwargs[key] = _coerce(key, value, filter_lang)
+        if need_out and "out" not in kwargs:
             raise ConfigError("--out is required (the directory to write the STAC catalog to)")
         return cls(**kwargs)
 
+    def access(self) -> "Access":
+        """The network settings for the API client and the asset reader."""
+        from .access import Access
+
+        return Access(headers=self.headers, timeout=self.timeout, retries=self.retries, gdal=self.gdal,
+                      signer=self.sign, aws_unsigned=self.aws_unsigned, requester_pays=self.requester_pays)
+
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] = ()) -> "RunConfig":
+    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] = (), *, need_out: bool = True) -> "RunConfig":
         """Read a YAML run file; `overrides` (typically CLI flags) replace its keys."""
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
@@ -104,7 +142,7 @@ class RunConfig:
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of options")
         merged = {k.replace("-", "_"): v for k, v in loaded.items()}
         merged.update({k.replace("-", "_"): v for k, v in dict(overrides).items()})
-        return cls.from_mapping(merged)
+        return cls.from_mapping(merged, need_out=need_out)
 
     def runtime_parameters(self) -> dict[str, Any]:
         """The parameters that shape the embeddings; a rerun must match them to resume."""
@@ -125,19 +163,37 @@ def _check_choices(name: str, values: tuple[str, ...], allowed: tuple[str, ...])
             raise ConfigError(f"--{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-def _coerce(key: str, value: Any) -> Any:
+# Keys accepted under another name (the CLI flag's singular, or a YAML habit).
+_ALIASES = {"collection": "collections", "format": "formats", "header": "headers", "band": "bands"}
+
+
+def _coerce(key: str, value: Any, filter_lang: str | None = None) -> Any:
+    from .access import parse_headers, parse_options
+    from .resolve.filters import parse_filter, parse_intersects, parse_query, parse_sortby
+
     parsers = {
         "out": Path,
         "bbox": parse_bbox,
         "datetime": parse_datetime,
+        "collections": _as_tuple,
         "ids": _as_tuple,
         "formats": _as_tuple,
+        "intersects": parse_intersects,
+        "query": parse_query,
+        "filter": lambda v: parse_filter(v, filter_lang),
+        "sortby": parse_sortby,
+        "headers": parse_headers,
+        "gdal": parse_options,
+        "bands": _parse_bands,
         "max_items": int,
+        "page_size": int,
         "chip_size": int,
         "stride": int,
         "batch_size": int,
+        "retries": int,
         "min_valid": float,
         "resolution": float,
+        "timeout": float,
     }
     parse = parsers.get(key)
     if parse is None:
@@ -148,6 +204,19 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"--{key.replace('_', '-')}: cannot use {value!r} ({exc})") from exc
+
+
+def _parse_bands(value: Any) -> dict[str, str]:
+    """``--band NAME=ASSET`` (repeatable): use asset ASSET for the model's band NAME."""
+    if isinstance(value, Mapping):
+        return {str(k): str(v) for k, v in value.items()}
+    bands = {}
+    for pair in _as_tuple(value):
+        name, sep, asset = pair.partition("=")
+        if not sep or not name.strip() or not asset.strip():
+            raise ConfigError(f"--band needs MODEL_BAND=ASSET_KEY, e.g. nir=B08; got {pair!r}")
+        bands[name.strip()] = asset.strip()
+    return bands
 
 
 def _as_tuple(value: Any) -> tuple[str, ...]:

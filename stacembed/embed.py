@@ -28,9 +28,14 @@ def select_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+        raise ConfigError(
+            "--device cuda: no CUDA device is available (torch.cuda.is_available() is False: no GPU, "
+            "no driver, or a CPU-only torch build); use --device cpu, or auto to take what is there"
+        )
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("--device mps: Apple MPS is not available on this machine")
+        raise ConfigError("--device mps: Apple MPS is not available on this machine; use --device cpu or auto")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device must be one of auto, cpu, cuda, mps; got {name!r}")
     return torch.device(name)
 
 

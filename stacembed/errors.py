@@ -34,3 +34,7 @@ class ModelError(StacembedError):
 
 class OutputError(StacembedError):
     """The output directory cannot be written, or holds a run made with other parameters."""
+
+
+class PublishError(StacembedError):
+    """A STAC API refused or could not take the published collection or items."""

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pystac
+import rasterio
 from tqdm import tqdm
 
+from .access import redact
 from .bands import BandSource, match_bands
 from .chips import ChipGrid, read_batches
 from .config import RunConfig
@@ -32,7 +34,7 @@ from .publish import (
     SUFFIXES, Provenance, item_dir_name, model_card_href, output_item, write_catalog, write_json,
     write_model_card,
 )
-from .resolve import ItemFilter, resolve_items
+from .resolve import Search
 from .stack import native_grid, stack_item, target_grid
 from .writers import SourceInfo, open_writer
 
@@ -57,6 +59,7 @@ class RunSummary:
     items_done: list[str] = field(default_factory=list)
     items_resumed: list[str] = field(default_factory=list)
     chips: int = 0
+    published: int = 0
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Run:
 
     config: RunConfig
     card: ModelCard
+    search: Search
     items: list[tuple[pystac.Item, list[BandSource]]]
     collection_id: str
     chip_size: int
@@ -81,28 +85,28 @@ class Run:
 def prepare(config: RunConfig) -> Run:
     """Resolve the model card and the items and match bands: everything that can fail cheaply."""
     card = resolve_card(config.model)
-    items = resolve_items(
-        catalog=config.catalog,
-        items=config.items,
-        filter=ItemFilter(config.collection, config.bbox, config.datetime, config.ids, config.max_items),
-    )
-    matched = [(item, match_bands(item, list(card.bands))) for item in items]
+    search = Search.from_config(config)
+    items = search.items_found()
+    with rasterio.Env(**search.access.gdal_options()):
+        matched = [(item, match_bands(item, list(card.bands), search.band_aliases)) for item in items]
     chip_size = config.chip_size or card.input_size[0]
     source_collection = items[0].collection_id or "items"
     collection_id = config.output_collection or item_dir_name(f"{source_collection}-{card.name}")
-    return Run(config, card, matched, collection_id, chip_size, config.stride or chip_size)
+    return Run(config, card, search, matched, collection_id, chip_size, config.stride or chip_size)
 
 
 def plan(config: RunConfig) -> dict:
     """What a run would do (items, chips, output size), without running the model."""
     prepared = prepare(config)
     rows, total_chips = [], 0
-    for item, bands in prepared.items:
-        chip_grid = prepared.plan_item(item, bands).chip_grid
-        rows.append({"id": item.id, "chips": len(chip_grid), "grid": f"{chip_grid.rows}x{chip_grid.cols}"})
-        total_chips += len(chip_grid)
+    with rasterio.Env(**prepared.search.access.gdal_options()):
+        for item, bands in prepared.items:
+            chip_grid = prepared.plan_item(item, bands).chip_grid
+            rows.append({"id": item.id, "chips": len(chip_grid), "grid": f"{chip_grid.rows}x{chip_grid.cols}"})
+            total_chips += len(chip_grid)
     bytes_per_chip = prepared.card.embedding_size * 4 * len(config.formats)
     return {
+        "source": prepared.search.source,
         "model": prepared.card.name,
         "bands": list(prepared.card.bands),
         "chip_size": prepared.chip_size,
@@ -115,9 +119,25 @@ def plan(config: RunConfig) -> dict:
 
 
 def run(config: RunConfig) -> RunSummary:
-    """Embed every matched item and publish the result as a STAC catalog under ``config.out``."""
+    """Embed every matched item and publish the result as a STAC catalog under ``config.out``.
+
+    With ``config.publish``, the finished catalog is also sent to that STAC API.
+    """
     prepared = prepare(config)
-    card = prepared.card
+    with rasterio.Env(**prepared.search.access.gdal_options()):
+        summary = _embed_all(prepared)
+    if config.publish:
+        from .transactions import publish_catalog
+
+        summary.published = publish_catalog(
+            summary.catalog, config.publish, asset_base_href=config.asset_base_href,
+            access=prepared.search.access,
+        )
+    return summary
+
+
+def _embed_all(prepared: Run) -> RunSummary:
+    config, card = prepared.config, prepared.card
     weights = resolve_weights(card, config.weights)
     embedder = Embedder.from_card(card, weights, select_device(config.device))
     provenance = Provenance(
@@ -166,6 +186,7 @@ def _embed_item(plan: ItemPlan, embedder: Embedder, final: Path, run: Run, prove
         data = stack_item(
             plan.item, plan.bands, chip_grid.grid, chunks=_chunks(run, chip_grid),
             resampling=config.resampling, loader=config.loader,
+            gdal_options=run.search.access.gdal_options(),
         )
         source = SourceInfo.from_item(plan.item)
         files = {fmt: tmp / f"{name}{SUFFIXES[fmt]}" for fmt in config.formats}
@@ -266,6 +287,8 @@ def _source_href(config: RunConfig, run: Run) -> str | None:
     first = run.items[0][0]
     collection = first.get_single_link("collection")
     if collection is not None and collection.get_absolute_href():
-        return collection.get_absolute_href()
+        return redact(collection.get_absolute_href())
+    if run.search.api:
+        return redact(run.search.api)
     href = config.items or config.catalog
     return str(Path(href).resolve()) if href and "://" not in href else href

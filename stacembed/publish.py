@@ -44,6 +44,14 @@ class Provenance:
     stride: int
     parameters: dict[str, Any]
 
+    def grid_description(self, item_id: str) -> str:
+        """Which pixel grid the chips were cut from: the source's own, or an explicit resampling."""
+        crs, resolution = self.parameters.get("crs"), self.parameters.get("resolution")
+        if not (crs or resolution):
+            return f"the native grid of item {item_id!r}"
+        target = " at ".join(str(v) for v in (crs, f"{resolution:g} units/px" if resolution else None) if v)
+        return f"item {item_id!r} resampled ({self.parameters.get('resampling')}) to {target}"
+
     def runtime_parameters(self) -> dict[str, Any]:
         return {
             "mlm:name": self.card.name,
@@ -83,8 +91,8 @@ def output_item(
         "processing:software": software_versions(),
         "processing:datetime": pystac.utils.datetime_to_str(datetime.now(timezone.utc)),
         "processing:lineage": (
-            f"{chip_grid.size}x{chip_grid.size} px chips every {chip_grid.stride} px on the native "
-            f"grid of item {source.id!r}, embedded with model {provenance.card.name!r} "
+            f"{chip_grid.size}x{chip_grid.size} px chips every {chip_grid.stride} px on "
+            f"{provenance.grid_description(source.id)}, embedded with model {provenance.card.name!r} "
             f"({provenance.card.architecture})"
         ),
         "emb:runtime_parameters": provenance.runtime_parameters(),

@@ -11,12 +11,15 @@ minimal item built here from the verified band sources, which sidesteps stacksta
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
+from xml.sax.saxutils import escape
 
 import numpy as np
 import pystac
 import rasterio
+import rasterio._path
 import rasterio.warp
 import xarray as xr
 from rasterio.crs import CRS
@@ -66,19 +69,81 @@ def stack_item(
     chunks: tuple[int, int] = (512, 512),
     resampling: str = "nearest",
     loader: str = "stackstac",
+    gdal_options: dict[str, str] | None = None,
 ) -> xr.DataArray:
     """Lazy ``(band, y, x)`` float32 array of ``bands`` on ``grid``; nodata is NaN, values scaled.
 
     Stored values become measurements here (``raster:scale``/``raster:offset``), so that the
     model card's value scaling always applies to physical values, whatever the encoding.
+    ``gdal_options`` (timeouts, retries, S3 access, headers) apply to every read.
     """
     loaders = {"stackstac": _load_stackstac, "odc": _load_odc}
-    raw = loaders[loader](item, bands, grid, chunks, resampling)
-    return _to_measurements(raw, bands)
+    sources = bands
+    if resampling != "nearest":
+        with rasterio.Env(**(gdal_options or {})):
+            sources = [_exact_source(band, grid) for band in bands]
+    raw = loaders[loader](item, sources, grid, chunks, resampling, gdal_options or {})
+    data = _to_measurements(raw, bands)
+    data.attrs["item"] = item.id
+    return data
+
+
+def _exact_source(band: BandSource, grid: Grid) -> BandSource:
+    """The band as a float32 VRT that knows its nodata, when it must be resampled onto ``grid``.
+
+    GDAL warps in the file's data type and leaves out only the nodata value of the file header.
+    So ``average`` or ``bilinear`` onto another grid would round the results to the stored
+    integer type, and blend nodata declared only in the STAC metadata (``raster:bands`` or
+    ``bands``) into the valid pixels around it (0 and 1000 -> 500). Both loaders read this VRT
+    instead: the warp runs in float32 and leaves out both nodata values. On the band's own grid
+    nothing is resampled, and the file is read as it is.
+    """
+    if read_grid(band.href) == grid:
+        return band
+    return dataclasses.replace(band, asset_key=band.name, href=_float_vrt(band.href, band.index, band.nodata), index=1)
+
+
+_VRTS: dict[tuple[str, int, float | None], rasterio.MemoryFile] = {}
+
+
+def _float_vrt(href: str, index: int, declared: float | None) -> str:
+    """A /vsimem/ VRT of band ``index`` of ``href`` as float32 (kept for the life of the process)."""
+    key = (href, index, declared)
+    if key not in _VRTS:
+        _VRTS[key] = rasterio.MemoryFile(_float_vrt_xml(href, index, declared).encode(), ext=".vrt")
+    return _VRTS[key].name
+
+
+def _float_vrt_xml(href: str, index: int, declared: float | None) -> str:
+    """VRT XML of band ``index`` of ``href`` as float32, nodata: the declared one, else the header's."""
+    try:
+        with rasterio.open(href) as ds:
+            header = ds.nodatavals[index - 1]
+            width, height, crs, transform = ds.width, ds.height, ds.crs, ds.transform
+    except rasterio.errors.RasterioIOError as exc:
+        raise ReadError(f"cannot read raster {href}: {str(exc).splitlines()[0]}") from None
+    nodata = declared if declared is not None else header
+    source = rasterio._path._parse_path(href).as_vsi()
+    return "".join([
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
+        f'<SRS dataAxisToSRSAxisMapping="1,2">{escape(crs.to_wkt())}</SRS>',
+        f"<GeoTransform>{', '.join(repr(float(v)) for v in transform.to_gdal())}</GeoTransform>",
+        '<VRTRasterBand dataType="Float32" band="1">',
+        f"<NoDataValue>{_xml_number(nodata)}</NoDataValue>" if nodata is not None else "",
+        f'<ComplexSource><SourceFilename relativeToVRT="0">{escape(source)}</SourceFilename>',
+        f"<SourceBand>{index}</SourceBand>",
+        f"<NODATA>{_xml_number(header)}</NODATA>" if header is not None else "",
+        "</ComplexSource></VRTRasterBand></VRTDataset>",
+    ])
+
+
+def _xml_number(value: float) -> str:
+    return "nan" if math.isnan(value) else repr(float(value))
 
 
 def _load_stackstac(
-    item: pystac.Item, bands: list[BandSource], grid: Grid, chunks: tuple[int, int], resampling: str
+    item: pystac.Item, bands: list[BandSource], grid: Grid, chunks: tuple[int, int], resampling: str,
+    gdal_options: dict[str, str],
 ) -> xr.DataArray:
     import stackstac
 
@@ -116,12 +181,14 @@ def _load_stackstac(
         rescale=False,
         properties=False,
         band_coords=False,
+        gdal_env=stackstac.DEFAULT_GDAL_ENV.updated(always=gdal_options),
     )
     return _check_shape(data.isel(time=0, drop=True), grid, item)
 
 
 def _load_odc(
-    item: pystac.Item, bands: list[BandSource], grid: Grid, chunks: tuple[int, int], resampling: str
+    item: pystac.Item, bands: list[BandSource], grid: Grid, chunks: tuple[int, int], resampling: str,
+    gdal_options: dict[str, str],
 ) -> xr.DataArray:
     try:
         import odc.stac
@@ -142,12 +209,16 @@ def _load_odc(
             minimal.add_asset(key, pystac.Asset(band.href, media_type=pystac.MediaType.GEOTIFF, roles=["data"]))
             minimal.assets[key].extra_fields.update(_asset_dict(band, with_href=False))
         names.append(f"{key}.{band.index}" if _band_count(band.href) > 1 else key)
+    odc.stac.configure_rio(**gdal_options)
     geobox = GeoBox((grid.height, grid.width), grid.transform, grid.crs)
     dataset = odc.stac.load(
         [minimal], bands=names, geobox=geobox, chunks={"y": chunks[0], "x": chunks[1]},
         dtype="float32", resampling=resampling, nodata=float("nan"),
     )
     data = xr.concat([dataset[name] for name in names], dim="band").isel(time=0, drop=True)
+    # odc names the spatial dimensions after the CRS: (y, x), or (latitude, longitude) for
+    # a geographic one such as --crs EPSG:4326.
+    data = data.rename(dict(zip(geobox.dimensions, ("y", "x"))))
     return _check_shape(data.transpose("band", "y", "x"), grid, item)
 
 

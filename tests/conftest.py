@@ -12,6 +12,8 @@ import rasterio
 from affine import Affine
 from click.testing import CliRunner
 
+pytest_plugins = ["servers"]
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "catalogs" / "sample" / "catalog.json"
 DEMO_CARD = REPO / "stacembed" / "models" / "cards" / "stacembed-demo-landsat.json"

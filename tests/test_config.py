@@ -43,7 +43,7 @@ def test_bad_config_values():
         RunConfig.from_mapping({})
     with pytest.raises(ConfigError, match="min-valid"):
         RunConfig.from_mapping({"out": "x", "min_valid": 2})
-    with pytest.raises(ConfigError, match="either --catalog or --items"):
+    with pytest.raises(ConfigError, match="only one of --api, --catalog, --items"):
         RunConfig.from_mapping({"out": "x", "catalog": "a", "items": "b"})
     with pytest.raises(ConfigError, match="--format"):
         RunConfig.from_mapping({"out": "x", "formats": "png"})

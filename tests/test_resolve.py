@@ -37,9 +37,9 @@ def test_filters(catalog):
 
 
 def test_collection_filter_and_errors(catalog):
-    assert len(resolve_items(catalog=str(catalog), filter=ItemFilter(collection="synthetic"))) == 3
+    assert len(resolve_items(catalog=str(catalog), filter=ItemFilter(collections=("synthetic",)))) == 3
     with pytest.raises(ResolveError, match=r"collection 'other' not found .* \(it has: synthetic\)"):
-        resolve_items(catalog=str(catalog), filter=ItemFilter(collection="other"))
+        resolve_items(catalog=str(catalog), filter=ItemFilter(collections=("other",)))
     with pytest.raises(ResolveError, match="no items matched .*ids=nope"):
         resolve_items(catalog=str(catalog), filter=ItemFilter(ids=("nope",)))
 
@@ -60,7 +60,7 @@ def test_item_files_in_three_formats(catalog, tmp_path):
         items = read_item_file(str(path))
         assert ids(items) == ["item-0", "item-1", "item-2"], path
         assert items[0].assets["B3"].href == dicts[0]["assets"]["B3"]["href"]
-    picked = resolve_items(items=str(ndjson), filter=ItemFilter(collection="synthetic", ids=("item-1",)))
+    picked = resolve_items(items=str(ndjson), filter=ItemFilter(collections=("synthetic",), ids=("item-1",)))
     assert ids(picked) == ["item-1"]
 
 

@@ -1,0 +1,88 @@
+"""Write the items a search found: a table for people, JSON / ndjson / stac-geoparquet for tools.
+
+The file formats are the ones ``stacembed run --items`` reads back, so a search can be
+checked, saved, and then embedded exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterable
+
+import pystac
+
+from ..access import redact
+from ..errors import OutputError
+
+FORMATS = ("table", "json", "ndjson", "geoparquet")
+
+
+def write_items(items: list[pystac.Item], fmt: str, output: str | None = None) -> None:
+    """Write ``items`` as ``fmt`` to the file ``output`` (atomically) or to standard output."""
+    if fmt == "geoparquet" and output is None:
+        raise OutputError("--format geoparquet needs --output FILE")
+    dicts = [_public(item) for item in items]
+    if fmt == "geoparquet":
+        _write_geoparquet(dicts, Path(output))
+        return
+    text = {"table": _table, "json": _json, "ndjson": _ndjson}[fmt](dicts)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        _atomic_write(Path(output), text.encode())
+
+
+def _public(item: pystac.Item) -> dict:
+    """The item as a dict with signed hrefs (tokens) removed from what is written out."""
+    data = item.to_dict(include_self_link=True, transform_hrefs=False)
+    data["links"] = [{**link.to_dict(), "href": link.get_absolute_href() or link.href} for link in item.links]
+    for asset in data.get("assets", {}).values():
+        asset["href"] = redact(asset["href"])
+    return data
+
+
+def _table(items: list[dict]) -> str:
+    rows = [("id", "collection", "datetime", "cloud", "assets")]
+    for item in items:
+        props = item["properties"]
+        when = props.get("datetime") or f"{props.get('start_datetime')}/{props.get('end_datetime')}"
+        cloud = props.get("eo:cloud_cover")
+        rows.append((item["id"], str(item.get("collection") or ""), str(when),
+                     "" if cloud is None else f"{cloud:g}", str(len(item.get("assets", {})))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines) + f"\n{len(items)} item(s)\n"
+
+
+def _json(items: list[dict]) -> str:
+    return json.dumps({"type": "FeatureCollection", "features": items}, indent=2) + "\n"
+
+
+def _ndjson(items: Iterable[dict]) -> str:
+    return "".join(json.dumps(item, separators=(",", ":")) + "\n" for item in items)
+
+
+def _write_geoparquet(items: list[dict], path: Path) -> None:
+    import stac_geoparquet.arrow
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        table = stac_geoparquet.arrow.parse_stac_items_to_arrow(items)
+        stac_geoparquet.arrow.to_parquet(table, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,94 @@
+"""Presets for well-known public STAC APIs: ``--catalog earth-search`` means that API.
+
+A preset names the API root, collection aliases, how the collection's asset keys map to the
+band names model cards use, and what reading its assets needs (href signing, GDAL options,
+credentials). They live in ``catalogs/presets/presets.yaml`` so adding one is a YAML edit.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PresetCollection:
+    id: str
+    aliases: tuple[str, ...] = ()
+    bands: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A public STAC API and what it takes to read its assets."""
+
+    name: str
+    title: str
+    api: str
+    signing: str | None = None
+    gdal: Mapping[str, str] = field(default_factory=dict)
+    auth: str | None = None
+    collections: Mapping[str, PresetCollection] = field(default_factory=dict)
+
+    def collection(self, name: str) -> PresetCollection:
+        """The preset collection called ``name`` or one of its aliases; unknown ids pass through."""
+        for coll in self.collections.values():
+            if name == coll.id or name in coll.aliases:
+                return coll
+        return PresetCollection(name)
+
+    @classmethod
+    def from_mapping(cls, name: str, data: Mapping[str, Any]) -> "Preset":
+        if not isinstance(data, Mapping) or not data.get("api"):
+            raise ConfigError(f"catalog preset {name!r} needs at least an 'api' URL")
+        collections = {
+            cid: PresetCollection(cid, tuple((spec or {}).get("aliases") or ()),
+                                  {str(k): str(v) for k, v in ((spec or {}).get("bands") or {}).items()})
+            for cid, spec in (data.get("collections") or {}).items()
+        }
+        return cls(
+            name=name, title=str(data.get("title") or name), api=str(data["api"]).rstrip("/"),
+            signing=data.get("signing"), gdal={str(k): str(v) for k, v in (data.get("gdal") or {}).items()},
+            auth=data.get("auth"), collections=collections,
+        )
+
+
+def presets_file() -> Path:
+    """``catalogs/presets/presets.yaml`` in a checkout, or installed under ``share/stacembed``."""
+    here = Path(__file__).resolve().parents[2]
+    for base in (here / "catalogs", Path(sys.prefix) / "share" / "stacembed" / "catalogs"):
+        candidate = base / "presets" / "presets.yaml"
+        if candidate.is_file():
+            return candidate
+    raise ConfigError("the catalog presets file is not installed (catalogs/presets/presets.yaml)")
+
+
+@functools.cache
+def load_presets(path: str | None = None) -> dict[str, Preset]:
+    """All presets by name."""
+    source = Path(path) if path else presets_file()
+    try:
+        data = yaml.safe_load(source.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read catalog presets {source}: {exc}") from None
+    return {name: Preset.from_mapping(name, spec) for name, spec in data.items()}
+
+
+def find_preset(name: str | None) -> Preset | None:
+    """The preset called ``name``, or None when ``name`` is a path or URL (or not given)."""
+    if not name or "/" in name or "\\" in name or name.endswith(".json") or Path(name).exists():
+        return None
+    presets = load_presets()
+    if name in presets:
+        return presets[name]
+    raise ConfigError(
+        f"--catalog {name!r} is neither a path, a URL nor a known preset "
+        f"(presets: {', '.join(sorted(presets))})"
+    )

@@ -1,0 +1,104 @@
+"""A loopback static-file HTTP server that answers Range requests, as object stores do.
+
+GDAL's ``/vsicurl/`` reads Cloud-Optimized GeoTIFFs with ``Range: bytes=a-b`` requests (after a
+HEAD or a first ranged GET); Python's ``SimpleHTTPRequestHandler`` ignores Range and always
+sends the whole file with 200, which is not what a COG reader meets in the wild. This handler
+answers a single byte range with ``206 Partial Content`` and ``Content-Range``, an
+unsatisfiable one with ``416``, and HEAD with the length and ``Accept-Ranges: bytes``.
+
+Every connection has a socket timeout and the request threads are daemons, so a stuck client
+can never keep a test (or the interpreter) alive; ``serve`` shuts the server down on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Iterator
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class RangeRequestHandler(http.server.SimpleHTTPRequestHandler):
+    """``SimpleHTTPRequestHandler`` plus single-range ``Range`` support; records every request."""
+
+    timeout = 10  # seconds of socket inactivity before the connection is dropped
+    protocol_version = "HTTP/1.1"  # keep-alive, like real servers (and what curl expects)
+
+    def __init__(self, *args, log: list, **kwargs) -> None:
+        self._log = log
+        super().__init__(*args, **kwargs)
+
+    def log_message(self, format: str, *args) -> None:  # keep pytest output clean
+        pass
+
+    def send_head(self):
+        self._log.append((self.command, self.path, self.headers.get("Range")))
+        path = self.translate_path(self.path)
+        if os.path.isdir(path) or not os.path.isfile(path):
+            self.send_error(404, "File not found")
+            return None
+        size = os.path.getsize(path)
+        spec = self.headers.get("Range")
+        start, end = 0, size - 1
+        status = 200
+        if spec:
+            match = _RANGE.match(spec.strip())
+            if not match or match.groups() == ("", ""):
+                self.send_error(416, "Only one byte range is supported")
+                return None
+            first, last = match.groups()
+            if first == "":  # suffix range: the last N bytes
+                start, end = max(0, size - int(last)), size - 1
+            else:
+                start, end = int(first), min(int(last), size - 1) if last else size - 1
+            if start >= size or start > end:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            status = 206
+        f = open(path, "rb")
+        f.seek(start)
+        self.send_response(status)
+        self.send_header("Content-Type", self.guess_type(path))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start + 1))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        self._remaining = end - start + 1
+        return f
+
+    def copyfile(self, source, outputfile) -> None:
+        remaining = getattr(self, "_remaining", None)
+        while remaining is None or remaining > 0:
+            chunk = source.read(65536 if remaining is None else min(65536, remaining))
+            if not chunk:
+                break
+            outputfile.write(chunk)
+            if remaining is not None:
+                remaining -= len(chunk)
+
+
+@contextlib.contextmanager
+def serve(root: Path) -> Iterator[tuple[str, list]]:
+    """Serve ``root`` on ``127.0.0.1`` (free port): yields (base URL, request log)."""
+    log: list = []
+    handler = functools.partial(RangeRequestHandler, directory=str(root), log=log)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", log
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
