@@ -20,6 +20,7 @@ import xarray as xr
 from affine import Affine
 from rasterio.windows import Window
 
+from .errors import ConfigError
 from .grid import Grid
 
 log = logging.getLogger("stacembed")
@@ -77,13 +78,36 @@ class ChipGrid:
         return Grid(self.grid.crs, transform, self.cols, self.rows)
 
 
+    def patch_grid(self, patches: tuple[int, int]) -> Grid:
+        """The grid of dense patch embeddings: ``patches`` (h, w) per chip, chips edge to edge.
+
+        Dense output needs chips that tile the item (``stride == size``) and a chip size the
+        patch grid divides; then patch (i, j) of chip (r, c) is pixel (r*h + i, c*w + j).
+        """
+        check_patch_tiling(self.size, self.stride, patches)
+        height, width = patches
+        t = self.grid.transform
+        transform = Affine(t.a * self.size / width, 0.0, t.c, 0.0, t.e * self.size / height, t.f)
+        return Grid(self.grid.crs, transform, self.cols * width, self.rows * height)
+
+
+def check_patch_tiling(size: int, stride: int, patches: tuple[int, int]) -> None:
+    """Dense embeddings tile the item only when chips do (``stride == size``) and patches divide chips."""
+    height, width = patches
+    if stride != size or size % height or size % width:
+        raise ConfigError(
+            f"dense embeddings (--pooling none) need --stride equal to --chip-size ({size}) and a "
+            f"chip size divisible by the {height}x{width} patch grid"
+        )
+
+
 def _positions(length: int, size: int, stride: int) -> int:
     return 1 if length <= size else math.ceil((length - size) / stride) + 1
 
 
 @dataclass
 class ChipBatch:
-    """Pixels of up to ``batch_size`` chips, ``(n, band, size, size)`` float32, NaN = no data."""
+    """Pixels of up to ``batch_size`` chips, ``(n, band, [time,] size, size)`` float32, NaN = no data."""
 
     chips: list[Chip]
     pixels: np.ndarray
@@ -103,7 +127,8 @@ def read_batches(
     any_kept, best = False, 0.0
     for run in _runs(chip_grid, batch_size):
         for chip, pixels in _read_run(data, run, chip_grid.size):
-            fraction = float(np.isfinite(pixels).all(axis=0).mean())
+            # a pixel counts when every band (at every time step) has data
+            fraction = float(np.isfinite(pixels).reshape(-1, *pixels.shape[-2:]).all(axis=0).mean())
             best = max(best, fraction)
             if fraction >= min_valid and fraction > 0:
                 kept.append((chip, pixels, fraction))
@@ -130,16 +155,17 @@ def _runs(chip_grid: ChipGrid, batch_size: int) -> Iterator[list[Chip]]:
 
 
 def _read_run(data: xr.DataArray, run: list[Chip], size: int) -> Iterable[tuple[Chip, np.ndarray]]:
+    """Read one run of chips in one block; works for ``(band, y, x)`` and ``(band, time, y, x)``."""
     height, width = data.shape[-2:]
     top = run[0].window.row_off
     left = run[0].window.col_off
     right = run[-1].window.col_off + size
-    block = np.asarray(data[:, top : min(top + size, height), left : min(right, width)].values)
-    padded = np.full((block.shape[0], size, right - left), np.nan, dtype="float32")
-    padded[:, : block.shape[1], : block.shape[2]] = block
+    block = np.asarray(data[..., top : min(top + size, height), left : min(right, width)].values)
+    padded = np.full((*block.shape[:-2], size, right - left), np.nan, dtype="float32")
+    padded[..., : block.shape[-2], : block.shape[-1]] = block
     for chip in run:
         offset = chip.window.col_off - left
-        yield chip, padded[:, :, offset : offset + size]
+        yield chip, padded[..., offset : offset + size]
 
 
 def _batch(kept: list[tuple[Chip, np.ndarray, float]]) -> ChipBatch:

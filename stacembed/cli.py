@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .access import HEADERS_ENV, SIGNERS, Access, parse_headers, redact
-from .config import DEVICES, FORMATS, LOADERS, RESAMPLING, RunConfig
+from .config import DEVICES, DTYPES, FORMATS, LOADERS, POOLINGS, QUANTIZATION, RESAMPLING, RunConfig
 from .errors import StacembedError
 from .resolve.export import FORMATS as SEARCH_FORMATS
 
@@ -70,6 +70,7 @@ MODELS_EXAMPLES = """
 Examples:
   stacembed models list
   stacembed models describe stacembed-demo-landsat
+  stacembed models export stacembed-demo-landsat --out my-model/
 """
 
 
@@ -133,6 +134,12 @@ def _search_options(func: Callable) -> Callable:
 @click.option("--chip-size", type=int, help="Chip size in pixels (default: the card's input size).")
 @click.option("--stride", type=int, help="Chip step in pixels (default: the chip size).")
 @click.option("--min-valid", type=float, help="Skip chips with a smaller fraction of valid pixels (default 0.5).")
+@click.option("--pooling", type=click.Choice(POOLINGS), help="default (the model's own), cls, mean, max, or none for dense patch embeddings (GeoTIFF).")
+@click.option("--layer", help="Take an intermediate block's output: an index into the backbone's blocks/stages, or a module name.")
+@click.option("--dtype", type=click.Choice(DTYPES), help="Storage type of the embeddings (default float32; int8 is linearly quantized).")
+@click.option("--quantization", type=click.Choice(QUANTIZATION), help="int8 scale/offset per dimension (default) or one for all.")
+@click.option("--time-steps", type=int, help="Temporal models: acquisitions per location (see README for how they are chosen).")
+@click.option("--offline", is_flag=True, default=None, help="Never download weights (also HF_HUB_OFFLINE=1 / STACEMBED_OFFLINE=1).")
 @click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS), help="Output format; repeat for several (default: both).")
 @click.option("--batch-size", type=int, help="Chips per forward pass (default 16).")
 @click.option("--device", type=click.Choice(DEVICES), help="auto picks cuda, then mps, then cpu.")
@@ -246,6 +253,21 @@ def models_list() -> None:
     for name, path in list_cards().items():
         card = load_card(str(path))
         click.echo(f"{name}\t{card.architecture}\t{len(card.bands)} bands\t{card.embedding_size}-d")
+
+
+@models.command("export")
+@click.argument("name")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write the card (and weights) to.")
+@click.option("--weights", help="Weights file to ship with the card (default: the card's own, when local or cached).")
+def models_export(name: str, out_dir: str, weights: str | None) -> None:
+    """Write a card as a standalone MLM item (with its weights when available)."""
+    from pathlib import Path
+
+    from .models import export_card, resolve_card
+
+    written = export_card(resolve_card(name), Path(out_dir), weights)
+    for path in written:
+        click.echo(str(path))
 
 
 @models.command("describe")

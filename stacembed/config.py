@@ -26,6 +26,9 @@ FORMATS = ("geoparquet", "geotiff")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOADERS = ("stackstac", "odc")
 RESAMPLING = ("nearest", "bilinear", "cubic", "average", "mode")
+POOLINGS = ("default", "cls", "mean", "max", "none")
+DTYPES = ("float32", "float16", "int8")
+QUANTIZATION = ("per-dimension", "global")
 DEFAULT_MODEL = "stacembed-demo-landsat"
 
 Bbox = tuple[float, float, float, float]
@@ -66,6 +69,12 @@ class RunConfig:
     chip_size: int | None = None
     stride: int | None = None
     min_valid: float = 0.5
+    pooling: str = "default"
+    layer: int | str | None = None
+    dtype: str = "float32"
+    quantization: str = "per-dimension"
+    offline: bool = False
+    time_steps: int = 1
     formats: tuple[str, ...] = FORMATS
     batch_size: int = 16
     device: str = "auto"
@@ -90,7 +99,7 @@ class RunConfig:
             raise ConfigError("--publish needs --asset-base-href: where the API's users can fetch the files")
         if self.max_items is not None and self.max_items < 1:
             raise ConfigError(f"--max-items must be >= 1, got {self.max_items}")
-        for name in ("chip_size", "stride", "batch_size", "page_size"):
+        for name in ("chip_size", "stride", "batch_size", "page_size", "time_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -102,6 +111,11 @@ class RunConfig:
         _check_choices("device", (self.device,), DEVICES)
         _check_choices("loader", (self.loader,), LOADERS)
         _check_choices("resampling", (self.resampling,), RESAMPLING)
+        _check_choices("pooling", (self.pooling,), POOLINGS)
+        _check_choices("dtype", (self.dtype,), DTYPES)
+        _check_choices("quantization", (self.quantization,), QUANTIZATION)
+        if self.dtype == "float16" and "geotiff" in self.formats:
+            raise ConfigError("--dtype float16 works with --format geoparquet only (GeoTIFF float16 needs GDAL >= 3.11)")
         if self.resolution is not None and self.resolution <= 0:
             raise ConfigError(f"--resolution must be > 0, got {self.resolution}")
         self.access()  # validates --sign, --timeout, --retries
@@ -154,6 +168,11 @@ class RunConfig:
             "resolution": self.resolution,
             "resampling": self.resampling if (self.crs or self.resolution) else None,
             "formats": sorted(self.formats),
+            "pooling": self.pooling,
+            "layer": self.layer,
+            "time_steps": self.time_steps,
+            "dtype": self.dtype,
+            "quantization": self.quantization if self.dtype == "int8" else None,
         }
 
 
@@ -187,11 +206,13 @@ def _coerce(key: str, value: Any, filter_lang: str | None = None) -> Any:
         "bands": _parse_bands,
         "max_items": int,
         "page_size": int,
+        "time_steps": int,
         "chip_size": int,
         "stride": int,
         "batch_size": int,
         "retries": int,
         "min_valid": float,
+        "layer": lambda v: int(v) if str(v).lstrip("-").isdigit() else str(v),
         "resolution": float,
         "timeout": float,
     }

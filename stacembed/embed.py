@@ -15,8 +15,9 @@ from torch import nn
 
 from .errors import ConfigError, ModelError
 from .models import ModelCard, create_backbone
+from .models.pooling import FeatureModel
 from .models.scaling import apply_value_scaling
-from .models.weights import load_weights
+from .models.weights import load_artifact, load_weights
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -40,25 +41,53 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 class Embedder:
-    """A model ready for inference: ``embedder(pixels) -> (n, embedding_size)`` float32."""
+    """A model ready for inference: ``embedder(pixels)`` -> float32 ``(n, D)`` or ``(n, D, h, w)``.
 
-    def __init__(self, card: ModelCard, model: nn.Module, device: torch.device) -> None:
+    ``pooling`` and ``layer`` say what an embedding is (see ``models.pooling``); the output
+    shape per chip is measured once with a probe forward pass, so writers know it up front.
+    """
+
+    def __init__(self, card: ModelCard, model: nn.Module, device: torch.device, *, pooling: str = "default",
+                 layer: int | str | None = None, chip_size: int | None = None, time_steps: int = 1) -> None:
         self.card = card
         self.device = device
-        self.model = model.eval().to(device)
+        self.pooling = pooling
+        self.layer = layer
+        self.model = FeatureModel(model, pooling, layer).eval().to(device)
+        size = chip_size or card.input_size[0]
+        probe = np.zeros((1, len(card.bands), *((time_steps,) if time_steps > 1 else ()), size, size), "float32")
+        self.output_shape: tuple[int, ...] = tuple(self._forward(probe).shape[1:])
+        if pooling == "default" and layer is None and self.output_shape != (card.embedding_size,):
+            raise ModelError(
+                f"model {card.name} returns {self.output_shape} per chip, the card promises "
+                f"({card.embedding_size},)"
+            )
+
+    @property
+    def dimensions(self) -> int:
+        return self.output_shape[0]
+
+    @property
+    def dense(self) -> bool:
+        """Whether each chip gives a map of patch embeddings rather than one vector."""
+        return len(self.output_shape) == 3
 
     @classmethod
-    def from_card(cls, card: ModelCard, weights: Path | None, device: torch.device) -> "Embedder":
-        """Build the card's backbone and load ``weights`` (None: keep the random initialisation)."""
-        if weights is None:
+    def from_card(cls, card: ModelCard, weights: Path | None, device: torch.device, **options) -> "Embedder":
+        """Build the card's model and load ``weights`` (None: keep a seeded random initialisation).
+
+        TorchScript and torch.export artifacts are the model itself; other weights are loaded
+        into the card's architecture from the registry.
+        """
+        model = load_artifact(weights, card.artifact_type) if weights is not None else None
+        if model is None:
             # Untrained on request: seeded, so that reruns (and resumed runs) agree.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 model = create_backbone(card)
-        else:
-            model = create_backbone(card)
-            load_weights(model, weights)
-        return cls(card, model, device)
+            if weights is not None:
+                load_weights(model, weights)
+        return cls(card, model, device, **options)
 
     def preprocess(self, pixels: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
@@ -69,13 +98,13 @@ class Embedder:
         x = apply_value_scaling(x, self.card.value_scaling)
         return torch.nan_to_num(x, nan=0.0)
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """Embed a batch of chips ``(n, band, height, width)`` of measurements (NaN = no data)."""
+    def _forward(self, pixels: np.ndarray) -> torch.Tensor:
         with torch.inference_mode():
-            out = self.model(self.preprocess(pixels))
-        if out.ndim != 2 or out.shape[1] != self.card.embedding_size:
-            raise ModelError(
-                f"model {self.card.name} returned shape {tuple(out.shape)}, the card promises "
-                f"(n, {self.card.embedding_size})"
-            )
+            return self.model(self.preprocess(pixels))
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """Embed a batch of chips ``(n, band, [time,] height, width)`` of measurements (NaN = no data)."""
+        out = self._forward(pixels)
+        if tuple(out.shape[1:]) != self.output_shape:
+            raise ModelError(f"model {self.card.name} returned {tuple(out.shape)}, expected (n, {self.output_shape})")
         return out.float().cpu().numpy()

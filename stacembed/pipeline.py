@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .access import redact
 from .bands import BandSource, match_bands
-from .chips import ChipGrid, read_batches
+from .chips import ChipGrid, check_patch_tiling, read_batches
 from .config import RunConfig
 from .embed import Embedder, select_device
 from .errors import OutputError
@@ -35,18 +35,18 @@ from .publish import (
     write_model_card,
 )
 from .resolve import Search
-from .stack import native_grid, stack_item, target_grid
-from .writers import SourceInfo, open_writer
+from .stack import native_grid, stack_series, target_grid
+from .temporal import Series, build_series
+from .writers import Layout, SourceInfo, open_writer
 
 log = logging.getLogger("stacembed")
 
 
 @dataclass
 class ItemPlan:
-    """One source item and the chip grid it will be cut into."""
+    """One series of source items (usually one item) and the chip grid it will be cut into."""
 
-    item: pystac.Item
-    bands: list[BandSource]
+    series: Series
     chip_grid: ChipGrid
     source_grid: Grid
 
@@ -69,17 +69,18 @@ class Run:
     config: RunConfig
     card: ModelCard
     search: Search
-    items: list[tuple[pystac.Item, list[BandSource]]]
+    series: list[Series]
     collection_id: str
     chip_size: int
     stride: int
 
-    def plan_item(self, item: pystac.Item, bands: list[BandSource]) -> ItemPlan:
-        grid = native_grid(item, bands)
+    def plan_item(self, series: Series) -> ItemPlan:
+        first = series.acquisitions[0]
+        grid = native_grid(first.item, first.bands)
         target = grid
         if self.config.crs or self.config.resolution:
             target = target_grid(grid, self.config.crs, self.config.resolution)
-        return ItemPlan(item, bands, ChipGrid(target, self.chip_size, self.stride), grid)
+        return ItemPlan(series, ChipGrid(target, self.chip_size, self.stride), grid)
 
 
 def prepare(config: RunConfig) -> Run:
@@ -87,12 +88,13 @@ def prepare(config: RunConfig) -> Run:
     card = resolve_card(config.model)
     search = Search.from_config(config)
     items = search.items_found()
+    matched = [(item, match_bands(item, list(card.bands), search.band_aliases)) for item in items]
     with rasterio.Env(**search.access.gdal_options()):
-        matched = [(item, match_bands(item, list(card.bands), search.band_aliases)) for item in items]
+        series = build_series(matched, config.time_steps)
     chip_size = config.chip_size or card.input_size[0]
     source_collection = items[0].collection_id or "items"
     collection_id = config.output_collection or item_dir_name(f"{source_collection}-{card.name}")
-    return Run(config, card, search, matched, collection_id, chip_size, config.stride or chip_size)
+    return Run(config, card, search, series, collection_id, chip_size, config.stride or chip_size)
 
 
 def plan(config: RunConfig) -> dict:
@@ -100,11 +102,11 @@ def plan(config: RunConfig) -> dict:
     prepared = prepare(config)
     rows, total_chips = [], 0
     with rasterio.Env(**prepared.search.access.gdal_options()):
-        for item, bands in prepared.items:
-            chip_grid = prepared.plan_item(item, bands).chip_grid
-            rows.append({"id": item.id, "chips": len(chip_grid), "grid": f"{chip_grid.rows}x{chip_grid.cols}"})
+        for series in prepared.series:
+            chip_grid = prepared.plan_item(series).chip_grid
+            rows.append({"id": series.id, "chips": len(chip_grid), "grid": f"{chip_grid.rows}x{chip_grid.cols}"})
             total_chips += len(chip_grid)
-    bytes_per_chip = prepared.card.embedding_size * 4 * len(config.formats)
+    bytes_per_chip = prepared.card.embedding_size * {"float32": 4, "float16": 2, "int8": 1}[config.dtype] * len(config.formats)
     return {
         "source": prepared.search.source,
         "model": prepared.card.name,
@@ -138,10 +140,16 @@ def run(config: RunConfig) -> RunSummary:
 
 def _embed_all(prepared: Run) -> RunSummary:
     config, card = prepared.config, prepared.card
-    weights = resolve_weights(card, config.weights)
-    embedder = Embedder.from_card(card, weights, select_device(config.device))
+    weights = resolve_weights(card, config.weights, offline=config.offline)
+    embedder = Embedder.from_card(card, weights, select_device(config.device), pooling=config.pooling,
+                                  layer=config.layer, chip_size=prepared.chip_size, time_steps=config.time_steps)
+    layout = Layout(embedder.dimensions, embedder.output_shape[1:] if embedder.dense else None,
+                    config.dtype, config.quantization)
+    if layout.dense:  # fail before any item is read, not after the first one
+        check_patch_tiling(prepared.chip_size, prepared.stride, layout.patches)
     provenance = Provenance(
         card=card,
+        layout=layout,
         pretrained=weights is not None and card.pretrained,
         weights_sha256=file_sha256(weights) if weights else None,
         chip_grid_size=prepared.chip_size,
@@ -154,21 +162,21 @@ def _embed_all(prepared: Run) -> RunSummary:
     summary = RunSummary(config.out, None, prepared.collection_id)
     show = config.progress and sys.stderr.isatty()
     try:
-        for item, bands in tqdm(prepared.items, desc="items", unit="item", disable=not show):
-            final = coll_dir / item_dir_name(item.id)
+        for series in tqdm(prepared.series, desc="items", unit="item", disable=not show):
+            final = coll_dir / item_dir_name(series.id)
             if _finished(final, provenance):
-                summary.items_resumed.append(item.id)
+                summary.items_resumed.append(series.id)
                 continue
-            item_plan = prepared.plan_item(item, bands)
+            item_plan = prepared.plan_item(series)
             summary.chips += _embed_item(item_plan, embedder, final, prepared, provenance, model_href, show)
-            summary.items_done.append(item.id)
+            summary.items_done.append(series.id)
     finally:
         _remove_if_empty(*created)
     write_model_card(coll_dir, card)
     summary.catalog = write_catalog(
-        config.out, prepared.collection_id, list(_finished_items(coll_dir)), card=card,
-        chip_size=prepared.chip_size, stride=prepared.stride, source_href=_source_href(config, prepared),
-        description=f"Embeddings of {prepared.items[0][0].collection_id or 'STAC items'} "
+        config.out, prepared.collection_id, list(_finished_items(coll_dir)), provenance=provenance,
+        source_href=_source_href(config, prepared),
+        description=f"Embeddings of {prepared.series[0].items[0].collection_id or 'STAC items'} "
                     f"made with model {card.name} by stacembed.",
     )
     return summary
@@ -183,28 +191,29 @@ def _embed_item(plan: ItemPlan, embedder: Embedder, final: Path, run: Run, prove
     tmp.mkdir(parents=True)
     try:
         chip_grid = plan.chip_grid
-        data = stack_item(
-            plan.item, plan.bands, chip_grid.grid, chunks=_chunks(run, chip_grid),
+        data = stack_series(
+            [(a.item, a.bands) for a in plan.series.acquisitions], chip_grid.grid, chunks=_chunks(run, chip_grid),
             resampling=config.resampling, loader=config.loader,
             gdal_options=run.search.access.gdal_options(),
         )
-        source = SourceInfo.from_item(plan.item)
+        source = SourceInfo.from_items(plan.series.items, plan.series.id)
         files = {fmt: tmp / f"{name}{SUFFIXES[fmt]}" for fmt in config.formats}
-        writers = [open_writer(fmt, files[fmt], chip_grid, source, run.card.embedding_size)
+        writers = [open_writer(fmt, files[fmt], chip_grid, source, provenance.layout)
                    for fmt in config.formats]
         chips = 0
-        with tqdm(total=len(chip_grid), desc=plan.item.id, unit="chip", leave=False, disable=not show) as bar:
+        with tqdm(total=len(chip_grid), desc=plan.series.id, unit="chip", leave=False, disable=not show) as bar:
             for batch in read_batches(data, chip_grid, batch_size=config.batch_size, min_valid=config.min_valid):
                 embeddings = embedder(batch.pixels)
                 for writer in writers:
                     writer.write(batch, embeddings)
                 chips += len(batch.chips)
                 bar.update(len(batch.chips))
+        properties: dict = {}
         for writer in writers:
-            writer.close()
+            properties.update(writer.close())
         item = output_item(
-            plan.item, collection_id=run.collection_id, files=files, formats=config.formats,
-            chip_grid=chip_grid, provenance=provenance, model_href=model_href,
+            plan.series.items, item_id=plan.series.id, collection_id=run.collection_id, files=files, formats=config.formats,
+            chip_grid=chip_grid, provenance=provenance, model_href=model_href, properties=properties,
         )
         item["links"] += [
             {"rel": "root", "href": "../../catalog.json", "type": "application/json"},
@@ -216,7 +225,7 @@ def _embed_item(plan: ItemPlan, embedder: Embedder, final: Path, run: Run, prove
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("item %s: %d chips embedded", plan.item.id, chips)
+    log.info("item %s: %d chips embedded", plan.series.id, chips)
     return chips
 
 
@@ -284,7 +293,7 @@ def _finished_items(coll_dir: Path) -> Iterator[dict]:
 
 
 def _source_href(config: RunConfig, run: Run) -> str | None:
-    first = run.items[0][0]
+    first = run.series[0].items[0]
     collection = first.get_single_link("collection")
     if collection is not None and collection.get_absolute_href():
         return redact(collection.get_absolute_href())

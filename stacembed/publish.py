@@ -18,8 +18,10 @@ from typing import Any
 import pystac
 
 from . import __version__
+from .access import redact
 from .chips import ChipGrid
 from .models import ModelCard
+from .writers import Layout
 
 STAC_VERSION = "1.0.0"
 EMBEDDINGS = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
@@ -38,6 +40,7 @@ class Provenance:
     """How the embeddings were made: model, weights and the parameters that shape them."""
 
     card: ModelCard
+    layout: Layout
     pretrained: bool
     weights_sha256: str | None
     chip_grid_size: int
@@ -58,7 +61,6 @@ class Provenance:
             "mlm:architecture": self.card.architecture,
             "mlm:pretrained": self.pretrained,
             "weights_sha256": self.weights_sha256,
-            "pooling": "model pre-logits (timm num_classes=0)",
             **self.parameters,
         }
 
@@ -76,17 +78,28 @@ def asset_key(fmt: str, formats: tuple[str, ...]) -> str:
 
 
 def output_item(
-    source: pystac.Item,
+    sources: list[pystac.Item],
     *,
+    item_id: str,
     collection_id: str,
     files: dict[str, Path],
     formats: tuple[str, ...],
     chip_grid: ChipGrid,
     provenance: Provenance,
     model_href: str,
+    properties: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The STAC item describing the embeddings of ``source`` (hrefs relative to the item file)."""
+    """The STAC item describing the embeddings of ``sources`` (hrefs relative to the item file).
+
+    One source item, or a time series on one grid (described by its first item, spanning all
+    of their times). ``properties`` are what the writers determined (e.g. ``emb:quantization``).
+    """
+    source = sources[0]
+    extra = properties or {}
     properties = {k: v for k, v in source.properties.items() if not k.startswith("proj:")}
+    properties.update(extra)
+    if len(sources) > 1:
+        properties.update(_time_span(sources))
     properties.update({
         "processing:software": software_versions(),
         "processing:datetime": pystac.utils.datetime_to_str(datetime.now(timezone.utc)),
@@ -98,29 +111,43 @@ def output_item(
         "emb:runtime_parameters": provenance.runtime_parameters(),
     })
     item = pystac.Item(
-        id=source.id,
+        id=item_id,
         geometry=source.geometry,
         bbox=source.bbox,
-        datetime=source.datetime,
+        datetime=source.datetime if len(sources) == 1 else None,
         properties=properties,
         collection=collection_id,
         stac_extensions=[EMBEDDINGS, PROJECTION, FILE, PROCESSING],
     )
     for fmt in formats:
         item.add_asset(asset_key(fmt, formats), _asset(fmt, files[fmt], chip_grid, provenance))
-    source_href = source.get_self_href()
-    if source_href:
-        item.add_link(pystac.Link("derived_from", source_href, pystac.MediaType.JSON, f"Source item {source.id}"))
+    for each in sources:
+        if each.get_self_href():
+            item.add_link(pystac.Link("derived_from", redact(each.get_self_href()), pystac.MediaType.JSON,
+                                      f"Source item {each.id}"))
     item.add_link(pystac.Link("emb:model", model_href, pystac.MediaType.JSON, provenance.card.name))
     data = item.to_dict(include_self_link=False, transform_hrefs=False)
     data["stac_version"] = STAC_VERSION
     return data
 
 
+def _time_span(sources: list[pystac.Item]) -> dict[str, Any]:
+    from .resolve import item_time_range
+
+    ranges = [item_time_range(s) for s in sources]
+    return {
+        "datetime": None,
+        "start_datetime": pystac.utils.datetime_to_str(min(r[0] for r in ranges)),
+        "end_datetime": pystac.utils.datetime_to_str(max(r[1] for r in ranges)),
+        "stacembed:source_items": [s.id for s in sources],
+    }
+
+
 def _asset(fmt: str, path: Path, chip_grid: ChipGrid, provenance: Provenance) -> pystac.Asset:
     extra: dict[str, Any] = {"file:size": path.stat().st_size, "file:checksum": multihash_sha256(path)}
     if fmt == "geotiff":
-        grid = chip_grid.embedding_grid
+        layout = provenance.layout
+        grid = chip_grid.patch_grid(layout.patches) if layout.dense else chip_grid.embedding_grid
         extra.update({
             "proj:code": grid.crs_code,
             "proj:shape": [grid.height, grid.width],
@@ -155,15 +182,13 @@ def write_catalog(
     collection_id: str,
     items: list[dict[str, Any]],
     *,
-    card: ModelCard,
-    chip_size: int,
-    stride: int,
+    provenance: Provenance,
     source_href: str | None,
     description: str,
 ) -> Path:
     """Write the collection, its stac-geoparquet mirror and the root catalog; items exist already."""
     coll_dir = out / collection_id
-    collection = _collection(collection_id, items, card, chip_size, stride, source_href, description)
+    collection = _collection(collection_id, items, provenance, source_href, description)
     for item in sorted(items, key=lambda d: d["id"]):
         collection["links"].append({"rel": "item", "href": f"./{item_dir_name(item['id'])}/{item_dir_name(item['id'])}.json",
                                     "type": "application/geo+json"})
@@ -185,7 +210,9 @@ def write_catalog(
     return out / "catalog.json"
 
 
-def _collection(collection_id, items, card, chip_size, stride, source_href, description) -> dict[str, Any]:
+def _collection(collection_id, items, provenance: Provenance, source_href, description) -> dict[str, Any]:
+    card, layout = provenance.card, provenance.layout
+    chip_size, stride = provenance.chip_grid_size, provenance.stride
     bboxes = [i["bbox"] for i in items if i.get("bbox")]
     times = sorted(t for i in items for t in _times(i))
     spatial = [min(b[0] for b in bboxes), min(b[1] for b in bboxes), max(b[2] for b in bboxes),
@@ -207,9 +234,9 @@ def _collection(collection_id, items, card, chip_size, stride, source_href, desc
         "license": "other",
         "extent": {"spatial": {"bbox": [spatial]},
                    "temporal": {"interval": [[times[0] if times else None, times[-1] if times else None]]}},
-        "emb:type": "chip",
-        "emb:dimensions": card.embedding_size,
-        "data_type": "float32",
+        "emb:type": "pixel" if layout.dense else "chip",
+        "emb:dimensions": layout.dimensions,
+        "data_type": layout.dtype,
         "emb:chip_layout": {"layout_type": "regular_grid", "chip_size": [chip_size, chip_size],
                             "stride": [stride, stride]},
         "links": links,

@@ -141,6 +141,18 @@ def _xml_number(value: float) -> str:
     return "nan" if math.isnan(value) else repr(float(value))
 
 
+def stack_series(
+    items: list[tuple[pystac.Item, list[BandSource]]], grid: Grid, **options
+) -> xr.DataArray:
+    """One item: ``(band, y, x)``; a time series on one grid: ``(band, time, y, x)``, oldest first."""
+    arrays = [stack_item(item, bands, grid, **options) for item, bands in items]
+    if len(arrays) == 1:
+        return arrays[0]
+    stacked = xr.concat(arrays, dim="time").transpose("band", "time", "y", "x")
+    stacked.attrs.update(arrays[0].attrs)
+    return stacked
+
+
 def _load_stackstac(
     item: pystac.Item, bands: list[BandSource], grid: Grid, chunks: tuple[int, int], resampling: str,
     gdal_options: dict[str, str],

@@ -39,4 +39,5 @@ def test_unknown_extension_is_an_error():
 def test_bundled_sample_catalog_and_demo_card_validate():
     results = validate_tree(SAMPLE.parent)
     assert len(results) == 6 and not any(results.values()), results
-    assert validate_tree(DEMO_CARD.parent) == {DEMO_CARD: []}
+    cards = validate_tree(DEMO_CARD.parent)  # the demo card and every other built-in card
+    assert DEMO_CARD in cards and not any(cards.values()), cards

@@ -60,9 +60,11 @@ def create_backbone(card: ModelCard) -> nn.Module:
             f"model card {card.href}: architecture {card.architecture!r} is neither registered "
             "in stacembed nor a timm model"
         )
-    model = timm.create_model(
-        card.architecture, pretrained=False, in_chans=len(card.bands), num_classes=0
-    )
+    options = {"pretrained": False, "in_chans": len(card.bands), "num_classes": 0}
+    try:  # transformers are built for the card's chip size; CNNs take any size and no img_size
+        model = timm.create_model(card.architecture, img_size=card.input_size, **options)
+    except TypeError:
+        model = timm.create_model(card.architecture, **options)
     size = getattr(model, "head_hidden_size", None) or model.num_features
     if size != card.embedding_size:
         raise ModelError(
@@ -70,3 +72,7 @@ def create_backbone(card: ModelCard) -> nn.Module:
             f"the card says {card.embedding_size}"
         )
     return model
+
+
+# Architectures stacembed implements itself register on import (after register_architecture exists).
+from . import backbones  # noqa: E402,F401

@@ -1,9 +1,15 @@
 """Find a model's weights and load them without ever unpickling arbitrary objects.
 
 Resolution order: an explicit path (``--weights``), the card's ``mlm:model`` asset as a local
-file, the download cache (``STACEMBED_CACHE``, default ``~/.cache/stacembed``), and finally a
-download (SHA-256 checked, written atomically) unless offline (``STACEMBED_OFFLINE=1`` or
-``HF_HUB_OFFLINE=1``).
+file, the caches (stacembed's ``STACEMBED_CACHE``, default ``~/.cache/stacembed``; the Hugging
+Face hub cache for ``huggingface.co`` URLs; the torch hub checkpoint directory), and finally a
+download (SHA-256 checked, written atomically) unless offline (``--offline``,
+``STACEMBED_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``).
+
+Artifacts: safetensors and torch state dicts (read with ``weights_only=True``) are loaded into
+the card's architecture; TorchScript archives and ``torch.export`` programs (``.pt2``) *are*
+the model, so a network from any codebase runs without its source. None of these unpickles
+arbitrary Python objects; a checkpoint that would need it is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import hashlib
 import os
 import tempfile
 import urllib.request
+import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,13 +35,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("STACEMBED_CACHE") or Path.home() / ".cache" / "stacembed")
 
 
-def is_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+def is_offline(forced: bool = False) -> bool:
+    return forced or any(os.environ.get(v, "").lower() in ("1", "true", "yes")
                for v in ("STACEMBED_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def resolve_weights(card: ModelCard, override: str | None = None) -> Path | None:
-    """A local weights file for ``card``, or None for ``--weights random``."""
+def resolve_weights(card: ModelCard, override: str | None = None, *, offline: bool = False) -> Path | None:
+    """A local weights file for ``card``, or None for ``--weights random``; ``offline`` never downloads."""
     if override == RANDOM:
         return None
     if override:
@@ -56,15 +63,16 @@ def resolve_weights(card: ModelCard, override: str | None = None) -> Path | None
         if card.weights_sha256 and file_sha256(path) != card.weights_sha256:
             raise ModelError(f"weights {path} do not match the SHA-256 in model card {card.href}")
         return path
-    return _cached_download(href, card.weights_sha256)
+    return _cached_download(href, card.weights_sha256, offline)
 
 
-def _cached_download(url: str, sha256: str | None) -> Path:
+def _cached_download(url: str, sha256: str | None, offline: bool = False) -> Path:
     name = Path(urlparse(url).path).name or "weights"
     target = cache_dir() / (sha256[:16] if sha256 else "unverified") / name
-    if target.is_file():
-        return target
-    if is_offline():
+    for candidate in (target, *_other_caches(url)):
+        if candidate.is_file() and (not sha256 or candidate == target or file_sha256(candidate) == sha256):
+            return candidate
+    if is_offline(offline):
         raise ModelError(f"weights {url} are not in the cache and downloads are off (offline); "
                          f"download them to {target} or pass --weights PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +88,21 @@ def _cached_download(url: str, sha256: str | None) -> Path:
         raise ModelError(f"weights {url} have SHA-256 {digest}, the card says {sha256}; not used")
     os.replace(tmp.name, target)
     return target
+
+
+def _other_caches(url: str) -> list[Path]:
+    """Where Hugging Face and torch hub would have put the same file, if a user fetched it before."""
+    parts = urlparse(url)
+    name = Path(parts.path).name
+    found = [Path(torch.hub.get_dir()) / "checkpoints" / name]
+    segments = parts.path.strip("/").split("/")
+    if parts.netloc.endswith("huggingface.co") and "resolve" in segments:
+        i = segments.index("resolve")
+        repo, revision, filename = segments[:i], segments[i + 1], "/".join(segments[i + 2:])
+        hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub")
+        snapshots = hub / f"models--{'--'.join(repo)}" / "snapshots"
+        found += sorted(snapshots.glob(f"*/{filename}")) if revision == "main" else [snapshots / revision / filename]
+    return found
 
 
 def _download(url: str, out) -> str:
@@ -120,10 +143,67 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+# mlm:artifact_type values (MLM v1.5) for artifacts that hold the whole model.
+TORCHSCRIPT_TYPES = ("torch.jit.script", "torch.jit.trace", "torch.jit.save")
+EXPORT_TYPES = ("torch.export.save", "torch.export")
+
+
+def artifact_kind(path: Path, declared: str | None = None) -> str:
+    """``state_dict``, ``torchscript`` or ``export``: from the card's artifact type, else the file."""
+    if declared in EXPORT_TYPES or path.suffix == ".pt2":
+        return "export"
+    if declared in TORCHSCRIPT_TYPES:
+        return "torchscript"
+    if path.suffix != ".safetensors" and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        # TorchScript archives carry the model's code; torch.save archives only data.pkl + tensors.
+        if any("/code/" in name for name in names):
+            return "torchscript"
+        if any(name.endswith("serialized_exported_program.json") or "/models/" in name for name in names):
+            return "export"
+    return "state_dict"
+
+
+class ExportedModel(nn.Module):
+    """A ``torch.export`` program as a module: it has no train mode, so ``eval()`` must not recurse."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> "ExportedModel":
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def load_artifact(path: Path, declared: str | None = None) -> nn.Module | None:
+    """The model itself when ``path`` is a TorchScript or torch.export artifact, else None."""
+    kind = artifact_kind(path, declared)
+    try:
+        if kind == "torchscript":
+            return torch.jit.load(str(path), map_location="cpu")
+        if kind == "export":
+            return ExportedModel(torch.export.load(str(path)).module())
+    except Exception as exc:
+        raise ModelError(f"cannot load {kind} model {path}: {str(exc).splitlines()[0][:200]}") from None
+    return None
+
+
 def load_weights(model: nn.Module, path: Path) -> None:
-    """Load ``path`` into ``model``, strictly: a key or shape mismatch is an error, not a guess."""
+    """Load ``path`` into ``model``, strictly: a key or shape mismatch is an error, not a guess.
+
+    A backbone whose official checkpoints hold more than it needs (e.g. an MAE's decoder)
+    provides ``checkpoint_filter(state_dict)``, as timm models do, to select its own keys.
+    """
     state = load_state_dict(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    checkpoint_filter = getattr(model, "checkpoint_filter", None)
+    if callable(checkpoint_filter):
+        state = checkpoint_filter(state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -4,6 +4,10 @@
 GeoParquet 1.1 ``bbox`` covering column; ``native_geometry`` is the exact footprint in the
 source CRS, on source pixel edges. The source item's properties become columns, so no
 metadata is lost on the way from imagery to vectors.
+
+``embedding`` is a fixed-size list of float32, float16, or int8 (``--dtype``). int8 files are
+written as float32 first and quantized on ``close`` one row group at a time, with the
+parameters in the schema metadata (``stacembed:quantization``) and the item's ``emb:quantization``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import shapely
 from pyproj import CRS, Transformer
 
 from ..chips import ChipBatch, ChipGrid
-from . import SourceInfo
+from ..errors import ConfigError
+from . import Layout, SourceInfo
+from .quantize import Quantization, RangeTracker
 
 GEOPARQUET_VERSION = "1.1.0"
 _RESERVED = {
@@ -30,11 +36,17 @@ _RESERVED = {
 
 
 class GeoParquetWriter:
-    def __init__(self, path: Path, chip_grid: ChipGrid, source: SourceInfo, dims: int) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path, chip_grid: ChipGrid, source: SourceInfo, layout: Layout) -> None:
+        if layout.dense:
+            raise ConfigError("dense embeddings (--pooling none) are written as GeoTIFF only: use --format geotiff")
+        self.target = Path(path)
+        self.layout = layout
+        self.ranges = RangeTracker(layout.dimensions) if layout.dtype == "int8" else None
+        # int8 goes through a float32 file, quantized when the value ranges are known.
+        self.path = self.target.with_name(self.target.stem + ".scratch.parquet") if self.ranges else self.target
         self.chip_grid = chip_grid
         self.source = source
-        self.dims = dims
+        self.dims = layout.dimensions
         self.native_crs = CRS.from_wkt(chip_grid.grid.crs.to_wkt())
         self.to_wgs84 = Transformer.from_crs(self.native_crs, "OGC:CRS84", always_xy=True)
         self.constants = _property_columns(source.properties)
@@ -42,6 +54,8 @@ class GeoParquetWriter:
         self.extent = [np.inf, np.inf, -np.inf, -np.inf]
 
     def write(self, batch: ChipBatch, embeddings: np.ndarray) -> None:
+        if self.ranges is not None:
+            self.ranges.update(embeddings)
         table = self._table(batch, embeddings)
         if self.writer is None:
             self.writer = self._open(table.schema)
@@ -53,12 +67,19 @@ class GeoParquetWriter:
         schema = schema.with_metadata({"geo": json.dumps(self._geo_metadata())})
         return pq.ParquetWriter(self.path, schema, compression="zstd")
 
-    def close(self) -> None:
+    def close(self) -> dict[str, Any]:
         if self.writer is None:  # no chip passed --min-valid: still write a valid, empty file
             empty = np.zeros((0, self.dims), dtype="float32")
             self.writer = self._open(self._table(ChipBatch([], np.zeros((0, 0, 0, 0)), np.zeros(0)), empty).schema)
         self.writer.add_key_value_metadata({"geo": json.dumps(self._geo_metadata())})
         self.writer.close()
+        if self.ranges is None:
+            return {}
+        quantization = Quantization.fit(self.ranges, self.layout.quantization)
+        described = quantization.to_stac(self.layout.quantization)
+        _quantize_file(self.path, self.target, quantization, described)
+        self.path.unlink()
+        return {"emb:quantization": described}
 
     def _table(self, batch: ChipBatch, embeddings: np.ndarray) -> pa.Table:
         bounds = np.array([self.chip_grid.bounds(c) for c in batch.chips], dtype="float64").reshape(-1, 4)
@@ -75,9 +96,7 @@ class GeoParquetWriter:
                 [pa.array(boxes[:, i], pa.float64()) for i in range(4)], ["xmin", "ymin", "xmax", "ymax"]
             ),
             "native_geometry": pa.array(shapely.to_wkb(native), pa.binary()),
-            "embedding": pa.FixedSizeListArray.from_arrays(
-                pa.array(np.ascontiguousarray(embeddings, dtype="float32").ravel(), pa.float32()), self.dims
-            ),
+            "embedding": _embedding_column(embeddings, self.dims, "float16" if self.layout.dtype == "float16" else "float32"),
             "datetime": pa.array([_timestamp(self.source.datetime)] * n, pa.timestamp("us", tz="UTC")),
             "source_item": pa.array([self.source.item_id] * n, pa.string()),
             "source_collection": pa.array([self.source.collection] * n, pa.string()),
@@ -132,6 +151,33 @@ class GeoParquetWriter:
                 },
             },
         }
+
+
+def _embedding_column(values: np.ndarray, dims: int, dtype: str) -> pa.FixedSizeListArray:
+    flat = np.ascontiguousarray(values, dtype=dtype).ravel()
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.from_numpy_dtype(np.dtype(dtype))), dims)
+
+
+def _quantize_file(source: Path, target: Path, quantization: Quantization, described: dict) -> None:
+    """Rewrite ``source`` with an int8 ``embedding`` column, one row group at a time."""
+    reader = pq.ParquetFile(source)
+    dims = reader.schema_arrow.field("embedding").type.list_size
+    metadata = {**(reader.schema_arrow.metadata or {}), b"stacembed:quantization": json.dumps(described).encode()}
+    writer = None
+    for index in range(reader.num_row_groups):
+        table = reader.read_row_group(index)
+        column = table.column("embedding").combine_chunks()
+        floats = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dims)
+        quantized = _embedding_column(quantization.quantize(floats, axis=1), dims, "int8")
+        table = table.set_column(table.schema.get_field_index("embedding"), "embedding", quantized)
+        if writer is None:
+            writer = pq.ParquetWriter(target, table.schema.with_metadata(metadata), compression="zstd")
+        writer.write_table(table.replace_schema_metadata(metadata))
+    if writer is None:  # no rows: the same empty table, with an int8 column
+        empty = reader.read().set_column(reader.schema_arrow.get_field_index("embedding"), "embedding",
+                                         _embedding_column(np.zeros((0, dims), "int8"), dims, "int8"))
+        writer = pq.ParquetWriter(target, empty.schema.with_metadata(metadata), compression="zstd")
+    writer.close()
 
 
 def _timestamp(text: str | None):
