@@ -164,3 +164,39 @@ def test_random_weights_are_seeded():
     b = Embedder.from_card(card, None, torch.device("cpu"))(x)
     assert (a == b).all()
     assert hashlib.sha256(a.tobytes()).hexdigest() == hashlib.sha256(b.tobytes()).hexdigest()
+
+
+def test_hugging_face_and_torch_hub_caches_are_used_offline(tmp_path, monkeypatch):
+    weights = DEMO_CARD.with_suffix(".safetensors")
+    monkeypatch.setenv("STACEMBED_CACHE", str(tmp_path / "stacembed-cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    data = card_dict()
+    data["assets"]["weights"]["href"] = "https://huggingface.co/org/demo-model/resolve/main/sub/w.safetensors"
+    card = ModelCard.from_item(data, "https://huggingface.co/org/demo-model/resolve/main/card.json")
+    with pytest.raises(ModelError, match="offline.*download them to .*stacembed-cache"):
+        resolve_weights(card, offline=True)  # nowhere yet, and no network allowed
+    # Where huggingface_hub would have put it: models--org--demo-model/snapshots/<rev>/sub/w.safetensors
+    hf_file = tmp_path / "hf" / "models--org--demo-model" / "snapshots" / "abc123" / "sub" / "w.safetensors"
+    hf_file.parent.mkdir(parents=True)
+    hf_file.write_bytes(weights.read_bytes())
+    assert resolve_weights(card, offline=True) == hf_file
+    hf_file.unlink()
+    hub_file = tmp_path / "torch" / "hub" / "checkpoints" / "w.safetensors"
+    hub_file.parent.mkdir(parents=True)
+    hub_file.write_bytes(b"not the right bytes")
+    with pytest.raises(ModelError, match="offline"):
+        resolve_weights(card, offline=True)  # a cached file with another checksum is never used
+    hub_file.write_bytes(weights.read_bytes())
+    assert resolve_weights(card, offline=True) == hub_file
+
+
+def test_exported_card_directory_runs_offline(tmp_path, cli):
+    result = cli("models", "export", "stacembed-demo-landsat", "--out", tmp_path / "model")
+    assert result.exit_code == 0, result.output
+    exported = json.loads((tmp_path / "model" / "model.json").read_text())
+    asset = exported["assets"]["weights"]
+    assert asset["href"] == "./stacembed-demo-landsat.safetensors"
+    assert asset["file:checksum"] == "1220" + hashlib.sha256(DEMO_CARD.with_suffix(".safetensors").read_bytes()).hexdigest()
+    card = resolve_card(str(tmp_path / "model" / "model.json"))
+    assert resolve_weights(card, offline=True) == (tmp_path / "model" / "stacembed-demo-landsat.safetensors").resolve()
