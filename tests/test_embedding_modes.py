@@ -150,7 +150,7 @@ def test_int8_round_trip_within_half_a_step(tmp_path):
         assert np.all(np.abs(cog - reference)[valid] <= np.repeat(step[:, None, None] / 2 + 1e-6, cog.shape[1] * cog.shape[2]).reshape(cog.shape)[valid])
 
 
-def test_torchscript_and_export_artifacts_give_the_same_embeddings(tmp_path):
+def test_a_pt2_artifact_runs_through_the_pipeline(tmp_path):
     from stacembed.models import create_backbone, resolve_card
     from stacembed.models.weights import load_weights
 
@@ -159,11 +159,10 @@ def test_torchscript_and_export_artifacts_give_the_same_embeddings(tmp_path):
     load_weights(model, DEMO_CARD.parent / "stacembed-demo-landsat.safetensors")
     model.eval()
     example = torch.zeros(2, 6, 64, 64)
-    torch.jit.trace(model, example).save(str(tmp_path / "model.torchscript.pt"))
     batch = torch.export.Dim("batch", min=1, max=1024)
     torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), str(tmp_path / "model.pt2"))
     _, reference = read_geoparquet(embed(tmp_path, "safetensors", formats=("geoparquet",)).with_suffix(".parquet"))
-    for name in ("model.torchscript.pt", "model.pt2"):
+    for name in ("model.pt2",):
         _, got = read_geoparquet(embed(tmp_path, f"run-{name}", formats=("geoparquet",), weights=str(tmp_path / name)).with_suffix(".parquet"))
         cosine = (got * reference).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
         assert cosine.min() >= 0.9999
@@ -174,3 +173,44 @@ def test_a_checkpoint_that_needs_unpickling_is_refused(tmp_path):
     torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a whole module: loading it means unpickling code
     with pytest.raises(ModelError, match="never unpickles"):
         embed(tmp_path, "pickled", weights=str(path))
+
+
+ARCHITECTURES = {
+    # card architecture: (input shape, embedding size)
+    "test_resnet": ((6, 64, 64), 96),
+    "vit_tiny_patch16_224": ((6, 32, 32), 192),
+    "test_tiny_prithvi_artifacts": ((6, 2, 32, 32), 32),
+}
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_every_artifact_type_embeds_like_a_direct_forward_pass(architecture, tmp_path):
+    from stacembed.embed import Embedder
+    from stacembed.models import ModelCard, create_backbone, register_architecture
+    from stacembed.models.backbones.prithvi import PrithviViT
+
+    register_architecture("test_tiny_prithvi_artifacts")(
+        lambda card: PrithviViT(img_size=32, num_frames=2, embed_dim=32, depth=2, num_heads=2))
+    shape, dims = ARCHITECTURES[architecture]
+    data = json.loads(DEMO_CARD.read_text())
+    data["properties"]["mlm:architecture"] = architecture
+    data["properties"]["mlm:input"][0]["input"]["shape"] = [-1, *shape]
+    data["properties"]["mlm:output"][0]["result"]["shape"] = [-1, dims]
+    data["properties"]["mlm:input"][0]["value_scaling"] = None
+    del data["assets"]["weights"]
+    card = ModelCard.from_item(data, str(tmp_path / "card.json"))
+    torch.manual_seed(7)
+    model = create_backbone(card).eval()
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    torch.jit.trace(model, x).save(str(tmp_path / "w.torchscript"))
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: batch},)), str(tmp_path / "w.pt2"))
+    for name in ("w.safetensors", "w.pt", "w.torchscript", "w.pt2"):
+        got = Embedder.from_card(card, tmp_path / name, torch.device("cpu"), time_steps=shape[1] if len(shape) == 4 else 1)(x.numpy())
+        cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+        assert cosine.min() >= 0.9999, name
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
