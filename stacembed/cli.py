@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .access import HEADERS_ENV, SIGNERS, Access, parse_headers, redact
-from .config import DEVICES, DTYPES, FORMATS, LOADERS, POOLINGS, QUANTIZATION, RESAMPLING, RunConfig
+from .config import DEVICES, DTYPES, FORMATS, LOADERS, POOLINGS, PRECISIONS, QUANTIZATION, RESAMPLING, RunConfig
 from .errors import StacembedError
 from .resolve.export import FORMATS as SEARCH_FORMATS
 
@@ -141,7 +141,12 @@ def _search_options(func: Callable) -> Callable:
 @click.option("--time-steps", type=int, help="Temporal models: acquisitions per location (see README for how they are chosen).")
 @click.option("--offline", is_flag=True, default=None, help="Never download weights (also HF_HUB_OFFLINE=1 / STACEMBED_OFFLINE=1).")
 @click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS), help="Output format; repeat for several (default: both).")
-@click.option("--batch-size", type=int, help="Chips per forward pass (default 16).")
+@click.option("--batch-size", type=int, help="Chips per forward pass (default: 16 on the CPU, sized to free memory on CUDA).")
+@click.option("--precision", type=click.Choice(PRECISIONS), help="fp32 (default), or bf16/fp16 autocast (fp16: CUDA only).")
+@click.option("--compile", is_flag=True, default=None, help="torch.compile the model (worth it for long runs on GPUs).")
+@click.option("--threads", type=int, help="Torch threads for the model (default: all cores but one).")
+@click.option("--reader-threads", type=int, help="Threads reading and decoding pixels (default 2).")
+@click.option("--prefetch", type=int, help="Batches read ahead while the model runs (default 2; 0 reads in line).")
 @click.option("--device", type=click.Choice(DEVICES), help="auto picks cuda, then mps, then cpu.")
 @click.option("--crs", help="Resample to this CRS (explicit; default keeps the native grid).")
 @click.option("--resolution", type=float, help="Resample to this pixel size in CRS units.")

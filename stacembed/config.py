@@ -29,6 +29,7 @@ RESAMPLING = ("nearest", "bilinear", "cubic", "average", "mode")
 POOLINGS = ("default", "cls", "mean", "max", "none")
 DTYPES = ("float32", "float16", "int8")
 QUANTIZATION = ("per-dimension", "global")
+PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_MODEL = "stacembed-demo-landsat"
 
 Bbox = tuple[float, float, float, float]
@@ -76,7 +77,12 @@ class RunConfig:
     offline: bool = False
     time_steps: int = 1
     formats: tuple[str, ...] = FORMATS
-    batch_size: int = 16
+    batch_size: int | None = None
+    precision: str = "fp32"
+    compile: bool = False
+    threads: int | None = None
+    reader_threads: int = 2
+    prefetch: int = 2
     device: str = "auto"
     crs: str | None = None
     resolution: float | None = None
@@ -99,7 +105,7 @@ class RunConfig:
             raise ConfigError("--publish needs --asset-base-href: where the API's users can fetch the files")
         if self.max_items is not None and self.max_items < 1:
             raise ConfigError(f"--max-items must be >= 1, got {self.max_items}")
-        for name in ("chip_size", "stride", "batch_size", "page_size", "time_steps"):
+        for name in ("chip_size", "stride", "batch_size", "page_size", "time_steps", "threads", "reader_threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -112,6 +118,9 @@ class RunConfig:
         _check_choices("loader", (self.loader,), LOADERS)
         _check_choices("resampling", (self.resampling,), RESAMPLING)
         _check_choices("pooling", (self.pooling,), POOLINGS)
+        _check_choices("precision", (self.precision,), PRECISIONS)
+        if self.prefetch < 0:
+            raise ConfigError(f"--prefetch must be >= 0, got {self.prefetch}")
         _check_choices("dtype", (self.dtype,), DTYPES)
         _check_choices("quantization", (self.quantization,), QUANTIZATION)
         if self.dtype == "float16" and "geotiff" in self.formats:
@@ -210,6 +219,9 @@ def _coerce(key: str, value: Any, filter_lang: str | None = None) -> Any:
         "chip_size": int,
         "stride": int,
         "batch_size": int,
+        "threads": int,
+        "reader_threads": int,
+        "prefetch": int,
         "retries": int,
         "min_valid": float,
         "layer": lambda v: int(v) if str(v).lstrip("-").isdigit() else str(v),

@@ -1,18 +1,29 @@
-"""The inference engine: device choice, value scaling, batched forward passes.
+"""The inference engine: device choice, precision, value scaling, batched forward passes.
 
 Chips go in at their native size (no resizing: a chip is the source's own pixels). Pixels
 without data enter the model as 0 *after* value scaling, i.e. the training mean for z-score
 scaling, so that they pull the embedding as little as possible.
+
+``prefetch`` runs the reads of the next batches in a background thread while the model works
+on the current one; its queue is bounded, so memory stays a few batches however large the
+area. On CUDA, inputs go through pinned memory with non-blocking copies, CNNs run
+``channels_last``, and ``--precision bf16|fp16`` runs the forward pass under autocast.
 """
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from .config import PRECISIONS
 from .errors import ConfigError, ModelError
 from .models import ModelCard, create_backbone
 from .models.pooling import FeatureModel
@@ -40,6 +51,55 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+T = TypeVar("T")
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` produced ``depth`` ahead in a background thread (errors re-raised here)."""
+    if depth < 1:
+        yield from items
+        return
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((done, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            slots.put((done, exc))
+
+    worker = threading.Thread(target=produce, name="stacembed-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+def configure_threads(threads: int | None) -> int:
+    """Torch intra-op threads: ``threads``, or all cores but one left to the readers (min 1)."""
+    count = threads or max(1, (os.cpu_count() or 1) - 1)
+    torch.set_num_threads(count)
+    return count
+
+
 class Embedder:
     """A model ready for inference: ``embedder(pixels)`` -> float32 ``(n, D)`` or ``(n, D, h, w)``.
 
@@ -48,12 +108,23 @@ class Embedder:
     """
 
     def __init__(self, card: ModelCard, model: nn.Module, device: torch.device, *, pooling: str = "default",
-                 layer: int | str | None = None, chip_size: int | None = None, time_steps: int = 1) -> None:
+                 layer: int | str | None = None, chip_size: int | None = None, time_steps: int = 1,
+                 precision: str = "fp32", compile: bool = False) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        if precision == "fp16" and device.type != "cuda":
+            raise ConfigError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
         self.card = card
         self.device = device
         self.pooling = pooling
         self.layer = layer
+        self.precision = precision
         self.model = FeatureModel(model, pooling, layer).eval().to(device)
+        self.channels_last = device.type == "cuda" and _is_cnn(model)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model = torch.compile(self.model)
         size = chip_size or card.input_size[0]
         probe = np.zeros((1, len(card.bands), *((time_steps,) if time_steps > 1 else ()), size, size), "float32")
         self.output_shape: tuple[int, ...] = tuple(self._forward(probe).shape[1:])
@@ -95,12 +166,29 @@ class Embedder:
             x = x.pin_memory().to(self.device, non_blocking=True)
         else:
             x = x.to(self.device)
-        x = apply_value_scaling(x, self.card.value_scaling)
-        return torch.nan_to_num(x, nan=0.0)
+        x = torch.nan_to_num(apply_value_scaling(x, self.card.value_scaling), nan=0.0)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def _forward(self, pixels: np.ndarray) -> torch.Tensor:
-        with torch.inference_mode():
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+                    if self.precision != "fp32" else nullcontext())
+        with torch.inference_mode(), autocast:
             return self.model(self.preprocess(pixels))
+
+    def auto_batch_size(self, default: int = 16, limit: int = 1024) -> int:
+        """Chips per batch for this device: on CUDA, what half the free memory holds; else ``default``."""
+        if self.device.type != "cuda":
+            return default
+        size = self.card.input_size[0]
+        probe = np.zeros((4, len(self.card.bands), size, size), "float32")
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        self._forward(probe)
+        per_chip = max(1, (torch.cuda.max_memory_allocated(self.device) - before) // 4)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(max(1, min(limit, free // 2 // per_chip)))
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """Embed a batch of chips ``(n, band, [time,] height, width)`` of measurements (NaN = no data)."""
@@ -108,3 +196,8 @@ class Embedder:
         if tuple(out.shape[1:]) != self.output_shape:
             raise ModelError(f"model {self.card.name} returned {tuple(out.shape)}, expected (n, {self.output_shape})")
         return out.float().cpu().numpy()
+
+
+def _is_cnn(model: nn.Module) -> bool:
+    """Convolutional backbones gain from channels_last on GPUs; transformers do not."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules()) and not hasattr(model, "blocks")

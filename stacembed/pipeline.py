@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import dask
 import pystac
 import rasterio
 from tqdm import tqdm
@@ -25,7 +26,7 @@ from .access import redact
 from .bands import BandSource, match_bands
 from .chips import ChipGrid, check_patch_tiling, read_batches
 from .config import RunConfig
-from .embed import Embedder, select_device
+from .embed import Embedder, configure_threads, prefetch, select_device
 from .errors import OutputError
 from .grid import Grid
 from .models import ModelCard, resolve_card
@@ -73,6 +74,7 @@ class Run:
     collection_id: str
     chip_size: int
     stride: int
+    batch_size: int = 16
 
     def plan_item(self, series: Series) -> ItemPlan:
         first = series.acquisitions[0]
@@ -94,7 +96,8 @@ def prepare(config: RunConfig) -> Run:
     chip_size = config.chip_size or card.input_size[0]
     source_collection = items[0].collection_id or "items"
     collection_id = config.output_collection or item_dir_name(f"{source_collection}-{card.name}")
-    return Run(config, card, search, series, collection_id, chip_size, config.stride or chip_size)
+    return Run(config, card, search, series, collection_id, chip_size, config.stride or chip_size,
+               config.batch_size or 16)
 
 
 def plan(config: RunConfig) -> dict:
@@ -126,7 +129,8 @@ def run(config: RunConfig) -> RunSummary:
     With ``config.publish``, the finished catalog is also sent to that STAC API.
     """
     prepared = prepare(config)
-    with rasterio.Env(**prepared.search.access.gdal_options()):
+    # Reads run in dask's threads (at most --reader-threads), the model in torch's (--threads).
+    with rasterio.Env(**prepared.search.access.gdal_options()), dask.config.set(num_workers=config.reader_threads):
         summary = _embed_all(prepared)
     if config.publish:
         from .transactions import publish_catalog
@@ -141,8 +145,11 @@ def run(config: RunConfig) -> RunSummary:
 def _embed_all(prepared: Run) -> RunSummary:
     config, card = prepared.config, prepared.card
     weights = resolve_weights(card, config.weights, offline=config.offline)
+    configure_threads(config.threads)
     embedder = Embedder.from_card(card, weights, select_device(config.device), pooling=config.pooling,
-                                  layer=config.layer, chip_size=prepared.chip_size, time_steps=config.time_steps)
+                                  layer=config.layer, chip_size=prepared.chip_size, time_steps=config.time_steps,
+                                  precision=config.precision, compile=config.compile)
+    prepared.batch_size = config.batch_size or embedder.auto_batch_size()
     layout = Layout(embedder.dimensions, embedder.output_shape[1:] if embedder.dense else None,
                     config.dtype, config.quantization)
     if layout.dense:  # fail before any item is read, not after the first one
@@ -202,7 +209,8 @@ def _embed_item(plan: ItemPlan, embedder: Embedder, final: Path, run: Run, prove
                    for fmt in config.formats]
         chips = 0
         with tqdm(total=len(chip_grid), desc=plan.series.id, unit="chip", leave=False, disable=not show) as bar:
-            for batch in read_batches(data, chip_grid, batch_size=config.batch_size, min_valid=config.min_valid):
+            batches = read_batches(data, chip_grid, batch_size=run.batch_size, min_valid=config.min_valid)
+            for batch in prefetch(batches, config.prefetch):
                 embeddings = embedder(batch.pixels)
                 for writer in writers:
                     writer.write(batch, embeddings)
@@ -231,7 +239,7 @@ def _embed_item(plan: ItemPlan, embedder: Embedder, final: Path, run: Run, prove
 
 def _chunks(run: Run, chip_grid: ChipGrid) -> tuple[int, int]:
     """Chunk rows aligned with chip rows, chunk columns with one read run of a batch."""
-    width = min(chip_grid.grid.width, run.stride * run.config.batch_size + run.chip_size - run.stride)
+    width = min(chip_grid.grid.width, run.stride * run.batch_size + run.chip_size - run.stride)
     return (min(run.chip_size, chip_grid.grid.height), max(width, 1))
 
 

@@ -22,9 +22,8 @@ import math
 import torch
 from torch import nn
 
+from ..config import POOLINGS
 from ..errors import ConfigError, ModelError
-
-POOLINGS = ("default", "cls", "mean", "max", "none")
 
 
 class FeatureModel(nn.Module):

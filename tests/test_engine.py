@@ -1,0 +1,69 @@
+"""The inference engine: background prefetching, precision, threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from stacembed.embed import Embedder, configure_threads, prefetch
+from stacembed.errors import ConfigError
+from stacembed.models import resolve_card
+
+
+def test_prefetch_keeps_order_and_reads_ahead_a_bounded_number():
+    produced = []
+
+    def source():
+        for i in range(20):
+            produced.append(i)
+            yield i
+
+    consumed = []
+    for item in prefetch(source(), depth=2):
+        time.sleep(0.01)  # the consumer is the slow side: the producer must wait, not run away
+        assert len(produced) - len(consumed) <= 2 + 2  # queued + one in hand + one being put
+        consumed.append(item)
+    assert consumed == list(range(20))
+
+
+def test_prefetch_reraises_errors_and_stops_when_the_consumer_stops():
+    def failing():
+        yield 1
+        raise ValueError("corrupt block")
+
+    with pytest.raises(ValueError, match="corrupt block"):
+        list(prefetch(failing()))
+
+    started = threading.active_count()
+    endless = prefetch(iter(range(10**9)), depth=1)
+    assert next(endless) == 0
+    endless.close()  # e.g. the model failed: the reader thread must end, not read forever
+    time.sleep(0.3)
+    assert threading.active_count() <= started
+    assert list(prefetch([1, 2, 3], depth=0)) == [1, 2, 3]
+
+
+def test_bf16_autocast_on_the_cpu_is_close_to_fp32_and_fp16_needs_cuda():
+    card = resolve_card("stacembed-demo-landsat")
+    x = np.random.default_rng(0).normal(0.2, 0.05, (4, 6, 64, 64)).astype("float32")
+    full = Embedder.from_card(card, None, torch.device("cpu"))(x)
+    half = Embedder.from_card(card, None, torch.device("cpu"), precision="bf16")(x)
+    cosine = (full * half).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)
+    assert half.dtype == np.float32 and cosine.min() > 0.99
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA"):
+        Embedder.from_card(card, None, torch.device("cpu"), precision="fp16")
+
+
+def test_thread_setup_and_batch_size_defaults_on_the_cpu():
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(1) == 1 and torch.get_num_threads() == 1
+        assert configure_threads(None) >= 1
+    finally:
+        torch.set_num_threads(before)
+    embedder = Embedder.from_card(resolve_card("stacembed-demo-landsat"), None, torch.device("cpu"))
+    assert embedder.auto_batch_size(default=16) == 16
