@@ -146,6 +146,8 @@ def _search_options(func: Callable) -> Callable:
 @click.option("--compile", is_flag=True, default=None, help="torch.compile the model (worth it for long runs on GPUs).")
 @click.option("--threads", type=int, help="Torch threads for the model (default: all cores but one).")
 @click.option("--reader-threads", type=int, help="Threads reading and decoding pixels (default 2).")
+@click.option("--dask-address", help="Run on this dask.distributed scheduler (tcp://host:8786); --out must be shared.")
+@click.option("--workers", type=int, help="Run on a local dask cluster of this many worker processes.")
 @click.option("--prefetch", type=int, help="Batches read ahead while the model runs (default 2; 0 reads in line).")
 @click.option("--device", type=click.Choice(DEVICES), help="auto picks cuda, then mps, then cpu.")
 @click.option("--crs", help="Resample to this CRS (explicit; default keeps the native grid).")

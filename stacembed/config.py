@@ -83,6 +83,8 @@ class RunConfig:
     threads: int | None = None
     reader_threads: int = 2
     prefetch: int = 2
+    dask_address: str | None = None
+    workers: int | None = None
     device: str = "auto"
     crs: str | None = None
     resolution: float | None = None
@@ -105,7 +107,7 @@ class RunConfig:
             raise ConfigError("--publish needs --asset-base-href: where the API's users can fetch the files")
         if self.max_items is not None and self.max_items < 1:
             raise ConfigError(f"--max-items must be >= 1, got {self.max_items}")
-        for name in ("chip_size", "stride", "batch_size", "page_size", "time_steps", "threads", "reader_threads"):
+        for name in ("chip_size", "stride", "batch_size", "page_size", "time_steps", "threads", "reader_threads", "workers"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -119,6 +121,8 @@ class RunConfig:
         _check_choices("resampling", (self.resampling,), RESAMPLING)
         _check_choices("pooling", (self.pooling,), POOLINGS)
         _check_choices("precision", (self.precision,), PRECISIONS)
+        if self.dask_address and self.workers:
+            raise ConfigError("give either --dask-address (an existing cluster) or --workers (a local one), not both")
         if self.prefetch < 0:
             raise ConfigError(f"--prefetch must be >= 0, got {self.prefetch}")
         _check_choices("dtype", (self.dtype,), DTYPES)
@@ -222,6 +226,7 @@ def _coerce(key: str, value: Any, filter_lang: str | None = None) -> Any:
         "threads": int,
         "reader_threads": int,
         "prefetch": int,
+        "workers": int,
         "retries": int,
         "min_valid": float,
         "layer": lambda v: int(v) if str(v).lstrip("-").isdigit() else str(v),

@@ -126,12 +126,19 @@ def plan(config: RunConfig) -> dict:
 def run(config: RunConfig) -> RunSummary:
     """Embed every matched item and publish the result as a STAC catalog under ``config.out``.
 
-    With ``config.publish``, the finished catalog is also sent to that STAC API.
+    With ``config.dask_address`` or ``config.workers``, items are embedded on a dask.distributed
+    cluster (see ``distributed``). With ``config.publish``, the finished catalog is also sent to
+    that STAC API.
     """
     prepared = prepare(config)
-    # Reads run in dask's threads (at most --reader-threads), the model in torch's (--threads).
-    with rasterio.Env(**prepared.search.access.gdal_options()), dask.config.set(num_workers=config.reader_threads):
-        summary = _embed_all(prepared)
+    if config.dask_address or config.workers:
+        from .distributed import embed_on_cluster
+
+        summary = embed_on_cluster(prepared)
+    else:
+        # Reads run in dask's threads (at most --reader-threads), the model in torch's (--threads).
+        with rasterio.Env(**prepared.search.access.gdal_options()), dask.config.set(num_workers=config.reader_threads):
+            summary = _embed_all(prepared)
     if config.publish:
         from .transactions import publish_catalog
 
@@ -142,19 +149,26 @@ def run(config: RunConfig) -> RunSummary:
     return summary
 
 
-def _embed_all(prepared: Run) -> RunSummary:
-    config, card = prepared.config, prepared.card
-    weights = resolve_weights(card, config.weights, offline=config.offline)
+def load_embedder(prepared: Run, device: str | None = None) -> tuple[Embedder, Path | None]:
+    """The run's model, ready for inference, and the weights file it was loaded from."""
+    config = prepared.config
+    weights = resolve_weights(prepared.card, config.weights, offline=config.offline)
     configure_threads(config.threads)
-    embedder = Embedder.from_card(card, weights, select_device(config.device), pooling=config.pooling,
-                                  layer=config.layer, chip_size=prepared.chip_size, time_steps=config.time_steps,
-                                  precision=config.precision, compile=config.compile)
-    prepared.batch_size = config.batch_size or embedder.auto_batch_size()
+    embedder = Embedder.from_card(
+        prepared.card, weights, select_device(device or config.device), pooling=config.pooling, layer=config.layer,
+        chip_size=prepared.chip_size, time_steps=config.time_steps, precision=config.precision, compile=config.compile,
+    )
+    return embedder, weights
+
+
+def describe_run(prepared: Run, embedder: Embedder, weights: Path | None) -> Provenance:
+    """What the outputs will be (layout) and how they are made (provenance); checked up front."""
+    config, card = prepared.config, prepared.card
     layout = Layout(embedder.dimensions, embedder.output_shape[1:] if embedder.dense else None,
                     config.dtype, config.quantization)
     if layout.dense:  # fail before any item is read, not after the first one
         check_patch_tiling(prepared.chip_size, prepared.stride, layout.patches)
-    provenance = Provenance(
+    return Provenance(
         card=card,
         layout=layout,
         pretrained=weights is not None and card.pretrained,
@@ -163,22 +177,30 @@ def _embed_all(prepared: Run) -> RunSummary:
         stride=prepared.stride,
         parameters={**config.runtime_parameters(), "chip_size": prepared.chip_size, "stride": prepared.stride},
     )
+
+
+def embed_series(prepared: Run, series: Series, embedder: Embedder, provenance: Provenance,
+                 show: bool = False) -> int | None:
+    """Embed one series into its output item directory; None when it was already there."""
+    final = prepared.config.out / prepared.collection_id / item_dir_name(series.id)
+    if _finished(final, provenance):
+        return None
+    return _embed_item(prepared.plan_item(series), embedder, final, prepared, provenance,
+                       model_card_href(prepared.card), show)
+
+
+def output_dirs(prepared: Run) -> list[Path]:
+    """Create the output directories; returns those that did not exist (removed again on failure)."""
+    config = prepared.config
     created = [d for d in (config.out / prepared.collection_id, config.out) if not d.exists()]
-    coll_dir = _prepare_out(config.out, prepared.collection_id)
-    model_href = model_card_href(card)
-    summary = RunSummary(config.out, None, prepared.collection_id)
-    show = config.progress and sys.stderr.isatty()
-    try:
-        for series in tqdm(prepared.series, desc="items", unit="item", disable=not show):
-            final = coll_dir / item_dir_name(series.id)
-            if _finished(final, provenance):
-                summary.items_resumed.append(series.id)
-                continue
-            item_plan = prepared.plan_item(series)
-            summary.chips += _embed_item(item_plan, embedder, final, prepared, provenance, model_href, show)
-            summary.items_done.append(series.id)
-    finally:
-        _remove_if_empty(*created)
+    _prepare_out(config.out, prepared.collection_id)
+    return created
+
+
+def finish_catalog(prepared: Run, provenance: Provenance, summary: RunSummary) -> RunSummary:
+    """Write the model card copy, the collection and the catalog from every finished item (last)."""
+    config, card = prepared.config, prepared.card
+    coll_dir = config.out / prepared.collection_id
     write_model_card(coll_dir, card)
     summary.catalog = write_catalog(
         config.out, prepared.collection_id, list(_finished_items(coll_dir)), provenance=provenance,
@@ -187,6 +209,27 @@ def _embed_all(prepared: Run) -> RunSummary:
                     f"made with model {card.name} by stacembed.",
     )
     return summary
+
+
+def _embed_all(prepared: Run) -> RunSummary:
+    config = prepared.config
+    embedder, weights = load_embedder(prepared)
+    prepared.batch_size = config.batch_size or embedder.auto_batch_size()
+    provenance = describe_run(prepared, embedder, weights)
+    created = output_dirs(prepared)
+    summary = RunSummary(config.out, None, prepared.collection_id)
+    show = config.progress and sys.stderr.isatty()
+    try:
+        for series in tqdm(prepared.series, desc="items", unit="item", disable=not show):
+            chips = embed_series(prepared, series, embedder, provenance, show)
+            if chips is None:
+                summary.items_resumed.append(series.id)
+            else:
+                summary.chips += chips
+                summary.items_done.append(series.id)
+    finally:
+        _remove_if_empty(*created)
+    return finish_catalog(prepared, provenance, summary)
 
 
 def _embed_item(plan: ItemPlan, embedder: Embedder, final: Path, run: Run, provenance: Provenance,
@@ -229,12 +272,23 @@ def _embed_item(plan: ItemPlan, embedder: Embedder, final: Path, run: Run, prove
             {"rel": "collection", "href": "../collection.json", "type": "application/json"},
         ]
         write_json(tmp / f"{name}.json", item)
-        os.rename(tmp, final)
+        _move_into_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("item %s: %d chips embedded", plan.series.id, chips)
     return chips
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Atomic rename; if another worker finished the same item first, its copy stands and ours goes."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / f"{final.name}.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("item %s was finished by another worker; kept that copy", final.name)
 
 
 def _chunks(run: Run, chip_grid: ChipGrid) -> tuple[int, int]:
