@@ -68,11 +68,7 @@ def embed_on_cluster(prepared: Run) -> RunSummary:
                 for index, series in enumerate(prepared.series)
             ]
             for series, chips in zip(prepared.series, client.gather(futures)):
-                if chips is None:
-                    summary.items_resumed.append(series.id)
-                else:
-                    summary.chips += chips
-                    summary.items_done.append(series.id)
+                summary.record(series.id, chips)
         finally:
             _remove_if_empty(*created)
         return finish_catalog(prepared, provenance, summary)

@@ -62,6 +62,14 @@ class RunSummary:
     chips: int = 0
     published: int = 0
 
+    def record(self, item_id: str, chips: int | None) -> None:
+        """Count an item as embedded (``chips``) or as found finished already (None)."""
+        if chips is None:
+            self.items_resumed.append(item_id)
+        else:
+            self.chips += chips
+            self.items_done.append(item_id)
+
 
 @dataclass
 class Run:
@@ -221,12 +229,7 @@ def _embed_all(prepared: Run) -> RunSummary:
     show = config.progress and sys.stderr.isatty()
     try:
         for series in tqdm(prepared.series, desc="items", unit="item", disable=not show):
-            chips = embed_series(prepared, series, embedder, provenance, show)
-            if chips is None:
-                summary.items_resumed.append(series.id)
-            else:
-                summary.chips += chips
-                summary.items_done.append(series.id)
+            summary.record(series.id, embed_series(prepared, series, embedder, provenance, show))
     finally:
         _remove_if_empty(*created)
     return finish_catalog(prepared, provenance, summary)
