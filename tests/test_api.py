@@ -216,3 +216,30 @@ def test_api_errors_are_one_clear_line(rustac_url, tmp_path, item_file):
     out = tmp_path / "out"
     assert stacembed("run", "--items", item_file, "--ids", "api-0", "--weights", "random", "-q", "--out", out).returncode == 0
     one_line_error(stacembed("publish", out, "--api", rustac_url, "--asset-base-href", "https://x"), "Transactions")
+
+
+def test_server_errors_are_retried_then_one_clear_line():
+    import http.server
+    import threading
+
+    calls = []
+
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            calls.append(self.path)
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"detail": "maintenance"}')
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        one_line_error(stacembed("search", "--api", url, "--retries", "2", "--timeout", "5"), "STAC API", url)
+        assert len(calls) == 3  # the first try and two retries with backoff
+    finally:
+        server.shutdown()
