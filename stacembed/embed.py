@@ -119,6 +119,7 @@ class Embedder:
         self.pooling = pooling
         self.layer = layer
         self.precision = precision
+        self.context_inputs: tuple[str, ...] = tuple(getattr(model, "context_inputs", ()))
         self.model = FeatureModel(model, pooling, layer).eval().to(device)
         self.channels_last = device.type == "cuda" and _is_cnn(model)
         if self.channels_last:
@@ -171,11 +172,13 @@ class Embedder:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _forward(self, pixels: np.ndarray) -> torch.Tensor:
+    def _forward(self, pixels: np.ndarray, context: dict[str, np.ndarray] | None = None) -> torch.Tensor:
         autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
                     if self.precision != "fp32" else nullcontext())
+        extra = {k: torch.as_tensor(v, device=self.device) for k, v in (context or {}).items()
+                 if k in self.context_inputs}
         with torch.inference_mode(), autocast:
-            return self.model(self.preprocess(pixels))
+            return self.model(self.preprocess(pixels), **extra)
 
     def auto_batch_size(self, default: int = 16, limit: int = 1024) -> int:
         """Chips per batch for this device: on CUDA, what half the free memory holds; else ``default``."""
@@ -190,9 +193,12 @@ class Embedder:
         free, _ = torch.cuda.mem_get_info(self.device)
         return int(max(1, min(limit, free // 2 // per_chip)))
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """Embed a batch of chips ``(n, band, [time,] height, width)`` of measurements (NaN = no data)."""
-        out = self._forward(pixels)
+    def __call__(self, pixels: np.ndarray, context: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Embed a batch of chips ``(n, band, [time,] height, width)`` of measurements (NaN = no data).
+
+        ``context`` holds the extra inputs the model declares (``context_inputs``), per chip.
+        """
+        out = self._forward(pixels, context)
         if tuple(out.shape[1:]) != self.output_shape:
             raise ModelError(f"model {self.card.name} returned {tuple(out.shape)}, expected (n, {self.output_shape})")
         return out.float().cpu().numpy()

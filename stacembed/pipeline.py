@@ -37,7 +37,7 @@ from .publish import (
 )
 from .resolve import Search
 from .stack import native_grid, stack_series, target_grid
-from .temporal import Series, build_series
+from .temporal import Series, build_series, chip_context
 from .writers import Layout, SourceInfo, open_writer
 
 log = logging.getLogger("stacembed")
@@ -257,7 +257,8 @@ def _embed_item(plan: ItemPlan, embedder: Embedder, final: Path, run: Run, prove
         with tqdm(total=len(chip_grid), desc=plan.series.id, unit="chip", leave=False, disable=not show) as bar:
             batches = read_batches(data, chip_grid, batch_size=run.batch_size, min_valid=config.min_valid)
             for batch in prefetch(batches, config.prefetch):
-                embeddings = embedder(batch.pixels)
+                context = chip_context(embedder.context_inputs, plan.series, chip_grid, batch.chips)
+                embeddings = embedder(batch.pixels, context)
                 for writer in writers:
                     writer.write(batch, embeddings)
                 chips += len(batch.chips)

@@ -83,3 +83,21 @@ def _pick(members: list[Acquisition], time_steps: int) -> list[Acquisition]:
 def _cloud(item: pystac.Item) -> float:
     cover = item.properties.get("eo:cloud_cover")
     return float(cover) if isinstance(cover, (int, float)) else 100.0
+
+
+def chip_context(names: tuple[str, ...], series: Series, chip_grid, chips) -> dict[str, np.ndarray]:
+    """Per-chip extra model inputs: ``temporal_coords`` (n, T, 2) as (year, day of year) of each
+    acquisition, and ``location_coords`` (n, 2) as (lat, lon) of each chip's centre."""
+    context: dict[str, np.ndarray] = {}
+    if "temporal_coords" in names:
+        times = [item_time_range(item)[0] for item in series.items]
+        pairs = [(t.year, t.timetuple().tm_yday) for t in times]
+        context["temporal_coords"] = np.tile(np.asarray(pairs, "float32"), (len(chips), 1, 1))
+    if "location_coords" in names:
+        from pyproj import Transformer
+
+        to_wgs84 = Transformer.from_crs(chip_grid.grid.crs.to_wkt(), "EPSG:4326", always_xy=True)
+        bounds = np.array([chip_grid.bounds(c) for c in chips], "float64").reshape(-1, 4)
+        lon, lat = to_wgs84.transform((bounds[:, 0] + bounds[:, 2]) / 2, (bounds[:, 1] + bounds[:, 3]) / 2)
+        context["location_coords"] = np.column_stack([lat, lon]).astype("float32")
+    return context

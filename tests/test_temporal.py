@@ -87,3 +87,47 @@ def test_not_enough_acquisitions_is_a_clear_error(series_catalog, card, tmp_path
     with pytest.raises(ResolveError, match="no location has 5 acquisitions"):
         run(RunConfig(out=tmp_path / "out", catalog=str(series_catalog), model=str(card), weights="random",
                       time_steps=5, progress=False))
+
+
+TINY_TL = dict(TINY, coords_encoding=("time", "location"), coords_scale_learn=True)
+
+
+@register_architecture("test_tiny_prithvi_tl")
+def _tiny_tl(card):
+    return PrithviViT(**TINY_TL)
+
+
+def test_time_and_location_coordinates_reach_models_that_use_them(series_catalog, card, tmp_path):
+    from pyproj import Transformer
+
+    data = json.loads(card.read_text())
+    data["properties"]["mlm:architecture"] = "test_tiny_prithvi_tl"
+    tl_card = tmp_path / "tl.json"
+    tl_card.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    run(RunConfig(out=out, catalog=str(series_catalog), model=str(tl_card), weights="random", time_steps=2,
+                  formats=("geoparquet",), progress=False))
+    table, got = read_geoparquet(next(out.glob("*/a-2--a-4/a-2--a-4.parquet")))
+    row = int(np.flatnonzero(table.column("chip_row").to_numpy() + table.column("chip_col").to_numpy() == 0)[0])
+
+    scaling = data["properties"]["mlm:input"][0]["value_scaling"]
+    frames = []
+    for item_id in ("a-2", "a-4"):
+        bands = []
+        for (key, _), step in zip(SYNTHETIC_BANDS, scaling):
+            with rasterio.open(series_catalog.parent / "synthetic" / item_id / f"{key}.tif") as ds:
+                bands.append((ds.read(1, window=((0, 32), (0, 32))).astype("float64") - step["mean"]) / step["stddev"])
+                centre = ds.transform * (16, 16)
+                crs = ds.crs
+        frames.append(np.stack(bands))
+    x = torch.from_numpy(np.stack(frames, axis=1)[None].astype("float32"))
+    lon, lat = Transformer.from_crs(crs.to_wkt(), "EPSG:4326", always_xy=True).transform(*centre)
+    torch.manual_seed(0)
+    model = PrithviViT(**TINY_TL).eval()
+    with torch.no_grad():
+        # 2024-02-10 is day 41, 2024-04-10 day 101 (a leap year)
+        expected = model(x, temporal_coords=torch.tensor([[[2024.0, 41.0], [2024.0, 101.0]]]),
+                         location_coords=torch.tensor([[lat, lon]], dtype=torch.float32))[0].numpy()
+        without = model(x)[0].numpy()
+    np.testing.assert_allclose(got[row], expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(expected, without, rtol=1e-4, atol=1e-5)  # the coordinates mattered

@@ -45,18 +45,19 @@ class FeatureModel(nn.Module):
     def _capture(self, module: nn.Module, args: object, output: object) -> None:
         self._captured = output[0] if isinstance(output, (tuple, list)) else output
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, **context: torch.Tensor) -> torch.Tensor:
+        """``context``: extra inputs the backbone declares in ``context_inputs`` (e.g. coordinates)."""
         if self.layer_name is None and self.pooling == "default":
-            return self.backbone(x)
+            return self.backbone(x, **context)
         if self.layer_name is not None:
-            self.backbone(x)
+            self.backbone(x, **context)
             features, self._captured = self._captured, None
         else:
             forward_features = getattr(self.backbone, "forward_features", None)
             if forward_features is None:
                 raise ModelError(f"--pooling {self.pooling} needs a backbone with forward_features "
                                  "(timm or stacembed backbones); this model only gives its pooled output")
-            features = forward_features(x)
+            features = forward_features(x, **context)
         grid = (x.shape[-2] // self.patch[0], x.shape[-1] // self.patch[1]) if self.patch else None
         return pool(features, self.pooling, self.prefix, grid)
 

@@ -337,6 +337,12 @@ class PrithviViT(nn.Module):
                 outputs[i] = tokens
         return [outputs[i] for i in wanted]
 
+    @property
+    def context_inputs(self) -> tuple[str, ...]:
+        """Inputs besides pixels this model uses; stacembed's engine fills them per chip."""
+        wanted = (("temporal_coords", self.temporal_encoding), ("location_coords", self.location_encoding))
+        return tuple(name for name, used in wanted if used)
+
     def forward(self, x: Tensor, temporal_coords: Tensor | None = None,
                 location_coords: Tensor | None = None) -> Tensor:
         """``(B, D)``: the cls token of :meth:`forward_features`, the default pooled embedding."""
