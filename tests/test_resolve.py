@@ -38,7 +38,7 @@ def test_filters(catalog):
 
 def test_collection_filter_and_errors(catalog):
     assert len(resolve_items(catalog=str(catalog), filter=ItemFilter(collections=("synthetic",)))) == 3
-    with pytest.raises(ResolveError, match=r"collection 'other' not found .* \(it has: synthetic\)"):
+    with pytest.raises(ResolveError, match=r"collection 'other' not found .* \((it has|they have): synthetic\)"):
         resolve_items(catalog=str(catalog), filter=ItemFilter(collections=("other",)))
     with pytest.raises(ResolveError, match="no items matched .*ids=nope"):
         resolve_items(catalog=str(catalog), filter=ItemFilter(ids=("nope",)))
@@ -81,3 +81,23 @@ def test_unreadable_inputs(tmp_path):
     (tmp_path / "cat.json").write_text(json.dumps({"type": "Catalog"}))
     with pytest.raises(ResolveError, match="cannot read STAC catalog"):
         resolve_items(catalog=str(tmp_path / "cat.json"))
+
+
+def test_collection_filter_on_a_stage_in_catalog_without_collection_documents(tmp_path):
+    """Stage-in tools write catalog.json -> item links, with the collection only in each item."""
+    from conftest import make_item
+
+    items = [make_item(tmp_path, f"staged-{i}", dialect="1.1", origin=(500000.0 + i * 3000, 9100000.0),
+                       shape=(32, 32), seed=i + 1, collection="s2") for i in range(2)]
+    for item in items:
+        item["links"] = [{"rel": "root", "href": "../catalog.json"}, {"rel": "parent", "href": "../catalog.json"}]
+        (tmp_path / item["id"] / f"{item['id']}.json").write_text(json.dumps(item))
+    (tmp_path / "catalog.json").write_text(json.dumps({
+        "type": "Catalog", "stac_version": "1.1.0", "id": "staged", "description": "stage-in",
+        "links": [{"rel": "root", "href": "./catalog.json"}]
+        + [{"rel": "item", "href": f"./{i['id']}/{i['id']}.json"} for i in items],
+    }))
+    found = resolve_items(catalog=str(tmp_path / "catalog.json"), filter=ItemFilter(collections=("s2",)))
+    assert ids(found) == ["staged-0", "staged-1"]
+    with pytest.raises(ResolveError, match="collection 'l8' not found .*they have: s2"):
+        resolve_items(catalog=str(tmp_path / "catalog.json"), filter=ItemFilter(collections=("l8",)))

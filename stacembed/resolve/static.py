@@ -9,7 +9,7 @@ from typing import Iterator
 import pystac
 
 from ..errors import ResolveError
-from .files import reason
+from .files import only_collections, reason
 
 
 def sample_catalog_href() -> str:
@@ -35,22 +35,25 @@ def catalog_items(href: str, collections: tuple[str, ...]) -> Iterator[pystac.It
         raise ResolveError(f"{href} is a STAC Item, not a catalog; pass it with --items")
     if not isinstance(root, pystac.Catalog):
         raise ResolveError(f"{href} is not a STAC catalog or collection")
-    sources: list[pystac.Catalog] = [root]
-    if collections and not (isinstance(root, pystac.Collection) and root.id in collections):
-        sources = _find_collections(root, collections, href)
-    for source in sources:
-        for item in source.get_items(recursive=True):
-            item.make_asset_hrefs_absolute()
-            yield item
+    if not collections or (isinstance(root, pystac.Collection) and root.id in collections):
+        items: Iterator[pystac.Item] = root.get_items(recursive=True)
+    else:
+        items = _collection_items(root, collections)
+    for item in items:
+        item.make_asset_hrefs_absolute()
+        yield item
 
 
-def _find_collections(root: pystac.Catalog, wanted: tuple[str, ...], href: str) -> list[pystac.Catalog]:
+def _collection_items(root: pystac.Catalog, wanted: tuple[str, ...]) -> Iterator[pystac.Item]:
+    """Items of the wanted collections: through their Collection documents when the catalog has
+    them, else by the items' ``collection`` field (stage-in tools link items straight from the
+    catalog, with no Collection document)."""
     found = {c.id: c for c in root.get_all_collections()}
-    missing = [c for c in wanted if c not in found]
-    if missing:
-        known = ", ".join(sorted(found)) or "none"
-        raise ResolveError(f"collection {missing[0]!r} not found in {href} (it has: {known})")
-    return [found[c] for c in wanted]
+    if all(c in found for c in wanted):
+        for collection in wanted:
+            yield from found[collection].get_items(recursive=True)
+    else:
+        yield from only_collections(root.get_items(recursive=True), wanted)
 
 
 def _read_stac(href: str) -> pystac.STACObject:
