@@ -81,7 +81,7 @@ class RunConfig:
     precision: str = "fp32"
     compile: bool = False
     threads: int | None = None
-    reader_threads: int = 2
+    reader_threads: int = 1
     prefetch: int = 2
     dask_address: str | None = None
     workers: int | None = None

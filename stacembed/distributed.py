@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import logging
 
-import dask
 import rasterio
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker
 
 from .errors import ConfigError
 from .pipeline import (
     Run, RunSummary, _remove_if_empty, describe_run, embed_series, finish_catalog, load_embedder,
-    output_dirs,
+    output_dirs, reader_scheduler,
 )
 
 log = logging.getLogger("stacembed")
@@ -83,7 +82,7 @@ def _embed_task(prepared: Run, index: int, provenance) -> int | None:
     embedder = get_worker().plugins[PLUGIN].embedder
     options = prepared.search.access.gdal_options()
     # Inside a task, dask arrays must compute here, not be sent back to the cluster.
-    with rasterio.Env(**options), dask.config.set(scheduler="threads", num_workers=prepared.config.reader_threads):
+    with rasterio.Env(**options), reader_scheduler(prepared.config.reader_threads):
         return embed_series(prepared, prepared.series[index], embedder, provenance)
 
 

@@ -39,7 +39,7 @@ class CogWriter:
         self.dataset = rasterio.open(
             self.scratch, "w", driver="GTiff", width=grid.width, height=grid.height, count=dims,
             dtype="float32", crs=grid.crs, transform=grid.transform, nodata=float("nan"),
-            tiled=True, blockxsize=256, blockysize=256, interleave="pixel",
+            tiled=True, blockxsize=_block(grid.width), blockysize=_block(grid.height), interleave="pixel",
         )
         empty = np.full((dims, 1, grid.width), np.nan, dtype="float32")
         for row in range(grid.height):  # row by row: memory stays one row of pixels
@@ -98,6 +98,15 @@ class CogWriter:
                 for band, description in enumerate(src.descriptions, start=1):
                     dst.set_band_description(band, description)
         return target
+
+
+def _block(size: int) -> int:
+    """Scratch tile size: 256, or the grid rounded up to GDAL's multiple of 16 when smaller.
+
+    Embedding grids are small (one pixel per chip) but have hundreds of bands: 256 px tiles
+    over a 32 px grid would write a scratch file 64 times larger than the data.
+    """
+    return min(256, -(-size // 16) * 16)
 
 
 def _tags(source: SourceInfo, chip_grid: ChipGrid) -> dict[str, str]:
