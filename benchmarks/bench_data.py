@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -42,23 +43,13 @@ RESNET18_WEIGHTS = DATA / "models" / "resnet18-landsat.safetensors"
 
 BUILDER_VERSION = 1  # bump when the output of this file changes
 COLLECTION = "landsat-etm-bench"
-COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 START = datetime(1999, 4, 15, tzinfo=timezone.utc)
 END = datetime(2003, 5, 31, 23, 59, 59, tzinfo=timezone.utc)
-# (asset key, band name, eo common name, centre wavelength um, full width half max um): as catalogs/sample
-BANDS = [
-    ("blue", "B1", "blue", 0.485, 0.07),
-    ("green", "B2", "green", 0.56, 0.08),
-    ("red", "B3", "red", 0.66, 0.06),
-    ("nir08", "B4", "nir", 0.835, 0.13),
-    ("swir16", "B5", "swir16", 1.65, 0.2),
-    ("swir22", "B7", "swir22", 2.22, 0.26),
-]
-EXTENSIONS = [
-    "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
-    "https://stac-extensions.github.io/eo/v2.0.0/schema.json",
-    "https://stac-extensions.github.io/raster/v2.0.0/schema.json",
-]
+# Band table, media type and extensions: the sample catalog's own, from the script that builds it.
+_spec = importlib.util.spec_from_file_location("make_sample", SAMPLE / "make_sample.py")
+_sample = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_sample)
+COG, BANDS, EXTENSIONS = _sample.COG, _sample.BANDS, _sample.EXTENSIONS
 
 
 class DataError(RuntimeError):
