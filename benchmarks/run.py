@@ -247,23 +247,22 @@ def measure_read_path(catalog: Path, model: str, args: argparse.Namespace) -> di
 
     from stacembed.chips import read_batches
     from stacembed.pipeline import prepare
-    from stacembed.stack import stack_series
+    from stacembed.pipeline import _chunks, _pixels, reader_scheduler
 
     config = run_config(catalog, model, Path(tempfile.gettempdir()) / "unused", args)
     prepared = prepare(config)
     series = prepared.series[0]
-    chip_grid = prepared.plan_item(series).chip_grid
+    plan = prepared.plan_item(series)
+    chip_grid = plan.chip_grid
     batch = config.batch_size or args.batch_size
-    width = min(chip_grid.grid.width, prepared.stride * batch + prepared.chip_size - prepared.stride)
-    chunks = (min(prepared.chip_size, chip_grid.grid.height), max(width, 1))
-    workers = getattr(config, "reader_threads", None)
-    scheduler = dask.config.set(num_workers=workers) if workers else contextlib.nullcontext()
+    prepared.batch_size = batch
+    chunks = _chunks(prepared, chip_grid)
+    workers = config.reader_threads
     start = time.perf_counter()
-    with scheduler:
-        data = stack_series([(a.item, a.bands) for a in series.acquisitions], chip_grid.grid, chunks=chunks,
-                            resampling=config.resampling, loader=config.loader,
-                            gdal_options=prepared.search.access.gdal_options())
+    with reader_scheduler(workers):
+        data = _pixels(plan, prepared)  # what stacembed.run reads from: the same choice of loader
         chips = sum(len(b.chips) for b in read_batches(data, chip_grid, batch_size=batch, min_valid=config.min_valid))
+        getattr(data, "close", lambda: None)()
     seconds = time.perf_counter() - start
     return {"chips": chips, "seconds": seconds, "chips_per_s": chips / seconds, "chunks": list(chunks),
             "reader_threads": workers}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 import xarray as xr
@@ -22,6 +22,9 @@ from rasterio.windows import Window
 
 from .errors import ConfigError
 from .grid import Grid
+
+if TYPE_CHECKING:
+    from .stack import NativeWindows
 
 log = logging.getLogger("stacembed")
 
@@ -115,7 +118,7 @@ class ChipBatch:
 
 
 def read_batches(
-    data: xr.DataArray, chip_grid: ChipGrid, *, batch_size: int, min_valid: float
+    data: "xr.DataArray | NativeWindows", chip_grid: ChipGrid, *, batch_size: int, min_valid: float
 ) -> Iterator[ChipBatch]:
     """Read chips from the lazy stack, keep those with enough data, yield them in batches.
 
@@ -154,13 +157,14 @@ def _runs(chip_grid: ChipGrid, batch_size: int) -> Iterator[list[Chip]]:
             yield [chip_grid.chip(row, col) for col in range(start, stop)]
 
 
-def _read_run(data: xr.DataArray, run: list[Chip], size: int) -> Iterable[tuple[Chip, np.ndarray]]:
+def _read_run(data: "xr.DataArray | NativeWindows", run: list[Chip], size: int) -> Iterable[tuple[Chip, np.ndarray]]:
     """Read one run of chips in one block; works for ``(band, y, x)`` and ``(band, time, y, x)``."""
     height, width = data.shape[-2:]
     top = run[0].window.row_off
     left = run[0].window.col_off
     right = run[-1].window.col_off + size
-    block = np.asarray(data[..., top : min(top + size, height), left : min(right, width)].values)
+    rows, cols = slice(top, min(top + size, height)), slice(left, min(right, width))
+    block = np.asarray(data[..., rows, cols].values) if isinstance(data, xr.DataArray) else data.read(rows, cols)
     padded = np.full((*block.shape[:-2], size, right - left), np.nan, dtype="float32")
     padded[..., : block.shape[-2], : block.shape[-1]] = block
     for chip in run:

@@ -153,7 +153,7 @@ def _search_options(func: Callable) -> Callable:
 @click.option("--crs", help="Resample to this CRS (explicit; default keeps the native grid).")
 @click.option("--resolution", type=float, help="Resample to this pixel size in CRS units.")
 @click.option("--resampling", type=click.Choice(RESAMPLING), help="Resampling method with --crs/--resolution.")
-@click.option("--loader", type=click.Choice(LOADERS), help="Array loader (default stackstac).")
+@click.option("--loader", type=click.Choice(LOADERS), help="auto (default): direct window reads on the native grid, stackstac when resampling; or force stackstac / odc.")
 @click.option("--output-collection", help="Id of the output collection (default: <source collection>-<model>).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory for the STAC catalog.")
 @click.option("--publish", help="Also publish the results to this STAC API (Transactions extension).")

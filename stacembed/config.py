@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 FORMATS = ("geoparquet", "geotiff")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-LOADERS = ("stackstac", "odc")
+LOADERS = ("auto", "stackstac", "odc")
 RESAMPLING = ("nearest", "bilinear", "cubic", "average", "mode")
 POOLINGS = ("default", "cls", "mean", "max", "none")
 DTYPES = ("float32", "float16", "int8")
@@ -89,7 +89,7 @@ class RunConfig:
     crs: str | None = None
     resolution: float | None = None
     resampling: str = "nearest"
-    loader: str = "stackstac"
+    loader: str = "auto"
     output_collection: str | None = None
     # where the results go
     publish: str | None = None

@@ -37,7 +37,7 @@ from .publish import (
     write_model_card,
 )
 from .resolve import Search
-from .stack import native_grid, stack_series, target_grid
+from .stack import NativeWindows, native_grid, stack_series, target_grid
 from .temporal import Series, build_series, chip_context
 from .writers import Layout, SourceInfo, open_writer
 
@@ -269,11 +269,7 @@ def _embed_item(plan: ItemPlan, embedder: Embedder, final: Path, run: Run, prove
     tmp.mkdir(parents=True)
     try:
         chip_grid = plan.chip_grid
-        data = stack_series(
-            [(a.item, a.bands) for a in plan.series.acquisitions], chip_grid.grid, chunks=_chunks(run, chip_grid),
-            resampling=config.resampling, loader=config.loader,
-            gdal_options=run.search.access.gdal_options(),
-        )
+        data = _pixels(plan, run)
         source = SourceInfo.from_items(plan.series.items, plan.series.id)
         files = {fmt: tmp / f"{name}{SUFFIXES[fmt]}" for fmt in config.formats}
         writers = [open_writer(fmt, files[fmt], chip_grid, source, provenance.layout)
@@ -288,6 +284,7 @@ def _embed_item(plan: ItemPlan, embedder: Embedder, final: Path, run: Run, prove
                     writer.write(batch, embeddings)
                 chips += len(batch.chips)
                 bar.update(len(batch.chips))
+        getattr(data, "close", lambda: None)()  # NativeWindows holds open files
         properties: dict = {}
         for writer in writers:
             properties.update(writer.close())
@@ -307,6 +304,20 @@ def _embed_item(plan: ItemPlan, embedder: Embedder, final: Path, run: Run, prove
         raise
     log.info("item %s: %d chips embedded", plan.series.id, chips)
     return chips
+
+
+def _pixels(plan: ItemPlan, run: Run):
+    """Where the chips' pixels come from: the files directly when the grid is theirs (``auto``),
+    else a lazy stackstac / odc-stac stack (resampling, or a loader asked for by name)."""
+    config = run.config
+    series = [(a.item, a.bands) for a in plan.series.acquisitions]
+    if config.loader == "auto" and plan.chip_grid.grid == plan.source_grid:
+        return NativeWindows(series, plan.source_grid)
+    return stack_series(
+        series, plan.chip_grid.grid, chunks=_chunks(run, plan.chip_grid), resampling=config.resampling,
+        loader="stackstac" if config.loader == "auto" else config.loader,
+        gdal_options=run.search.access.gdal_options(),
+    )
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:

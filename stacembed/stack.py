@@ -23,6 +23,7 @@ import rasterio._path
 import rasterio.warp
 import xarray as xr
 from rasterio.crs import CRS
+from rasterio.windows import Window
 
 from .bands import BandSource
 from .errors import BandError, ConfigError, ReadError
@@ -277,3 +278,47 @@ def _to_measurements(raw: xr.DataArray, bands: list[BandSource]) -> xr.DataArray
         values = values.astype("float64") * scale + offset
     return xr.DataArray(values.astype("float32"), dims=("band", "y", "x"),
                         coords={"band": [b.name for b in bands]})
+
+
+class NativeWindows:
+    """Pixels straight from the files, on their own grid: one open dataset per band, no dask.
+
+    Used when no resampling is asked for (the default): chip windows are plain window reads of
+    each band file, so a run of chips costs one read per band instead of a task graph and file
+    reopen per chunk. Values become measurements exactly as ``stack_item`` makes them.
+    ``shape`` is ``(band, [time,] height, width)``; ``read`` returns that layout for a window.
+    """
+
+    def __init__(self, series: list[tuple[pystac.Item, list[BandSource]]], grid: Grid) -> None:
+        self.bands = series[0][1]
+        self.datasets = [[rasterio.open(b.href) for b in bands] for _, bands in series]
+        self.time_steps = len(series)
+        self.shape = (len(self.bands), *((self.time_steps,) if self.time_steps > 1 else ()), grid.height, grid.width)
+        self.attrs = {"item": series[0][0].id}
+        for (item, bands), datasets in zip(series, self.datasets):
+            for band, ds in zip(bands, datasets):
+                if (ds.width, ds.height) != (grid.width, grid.height) or ds.transform != grid.transform:
+                    raise ReadError(f"item {item.id!r}: {band.href} is not on the item's native grid")
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        window = Window.from_slices(rows, cols)
+        frames = [self._frame(datasets, bands, window)
+                  for datasets, bands in zip(self.datasets, [self.bands] * self.time_steps)]
+        return frames[0] if self.time_steps == 1 else np.stack(frames, axis=1)
+
+    def _frame(self, datasets, bands: list[BandSource], window: Window) -> np.ndarray:
+        out = np.empty((len(bands), int(window.height), int(window.width)), dtype="float32")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for i, (band, ds) in enumerate(zip(bands, datasets)):
+                raw = ds.read(band.index, window=window, masked=True)
+                values = raw.astype("float32").filled(np.nan)
+                if band.nodata is not None and not math.isnan(band.nodata):
+                    values[values == np.float32(band.nodata)] = np.nan
+                out[i] = (values.astype("float64") * band.scale + band.offset).astype("float32")
+        return out
+
+    def close(self) -> None:
+        for datasets in self.datasets:
+            for ds in datasets:
+                ds.close()

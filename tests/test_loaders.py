@@ -1,4 +1,4 @@
-"""`--loader odc` and the default stackstac loader give the same embeddings, through the CLI.
+"""`--loader odc`, `stackstac` and the default `auto` (direct reads) give the same embeddings, through the CLI.
 
 (test_stack.py checks the stacked pixels of both loaders on the native grid; this checks the
 whole run, in both STAC dialects, with scale/offset and nodata, and the resampled path.)
@@ -27,11 +27,13 @@ def run_outputs(cli, catalog, out, *extra):
 @pytest.mark.parametrize("dialect", ["1.0", "1.1"])
 @pytest.mark.parametrize("resample", [(), ("--resolution", "60", "--resampling", "average")],
                          ids=["native", "resampled"])
-def test_odc_and_stackstac_loaders_embed_alike(synthetic_catalog, cli, tmp_path, dialect, resample):
+@pytest.mark.parametrize("other", ["odc", "auto"])
+def test_loaders_embed_alike(synthetic_catalog, cli, tmp_path, dialect, resample, other):
+    """stackstac against odc-stac, and against ``auto`` (direct window reads on the native grid)."""
     catalog = synthetic_catalog(dialect, n_items=1, shape=(70, 90), scale=0.5, offset=-100.0,
                                 nodata=0, nodata_rows=10)
-    stackstac_emb, stackstac_cog = run_outputs(cli, catalog, tmp_path / "stackstac", *resample)
-    odc_emb, odc_cog = run_outputs(cli, catalog, tmp_path / "odc", "--loader", "odc", *resample)
+    stackstac_emb, stackstac_cog = run_outputs(cli, catalog, tmp_path / "stackstac", "--loader", "stackstac", *resample)
+    odc_emb, odc_cog = run_outputs(cli, catalog, tmp_path / other, "--loader", other, *resample)
     assert sorted(stackstac_emb) == sorted(odc_emb) == ["item-0"]
     for name in stackstac_emb:
         (chips_a, a), (chips_b, b) = stackstac_emb[name], odc_emb[name]
