@@ -235,16 +235,10 @@ def measure_io(sub: Subject) -> dict:
 
 
 def measure_read_path(catalog: Path, model: str, args: argparse.Namespace) -> dict:
-    """stacembed's own read path without the model: ``stack_series`` + ``read_batches``, in line.
-
-    Chunking and reader threads as ``stacembed.run`` sets them up for this chip size and batch
-    size (``reader_threads`` if the config has it). Not a bound: it shows how much of the
-    end-to-end time the lazy stack and the chip reads cost before any overlap.
+    """stacembed's own read path without the model: the pixel source ``stacembed.run`` picks
+    (direct windows, or a lazy stack when resampling) + ``read_batches``, in line, with the
+    run's reader setup. Not a bound: it shows what reading costs before any overlap.
     """
-    import contextlib
-
-    import dask
-
     from stacembed.chips import read_batches
     from stacembed.pipeline import prepare
     from stacembed.pipeline import _chunks, _pixels, reader_scheduler

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Iterator
 
 import dask
-import pystac
 import rasterio
 from tqdm import tqdm
 
 from .access import redact
-from .bands import BandSource, match_bands
+from .bands import match_bands
 from .chips import ChipGrid, check_patch_tiling, read_batches
 from .config import RunConfig
 from .embed import Embedder, configure_threads, prefetch, select_device

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import duckdb
 import geopandas as gpd
-import numpy as np
 import pystac
 import pytest
 import rasterio

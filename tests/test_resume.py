@@ -8,7 +8,6 @@ import sys
 import time
 
 import duckdb
-import pytest
 
 
 def _items(out):

@@ -1,7 +1,6 @@
 """Stacking keeps the source grid exactly and turns stored values into measurements."""
 
 import numpy as np
-import pystac
 import pytest
 import rasterio
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from typing import Any, Iterator
+from typing import Any
 
 import pystac
 from urllib3 import Retry
