@@ -144,7 +144,7 @@ def _search_options(func: Callable) -> Callable:
 @click.option("--batch-size", type=int, help="Chips per forward pass (default: 16 on the CPU, sized to free memory on CUDA).")
 @click.option("--precision", type=click.Choice(PRECISIONS), help="fp32 (default), or bf16/fp16 autocast (fp16: CUDA only).")
 @click.option("--compile", is_flag=True, default=None, help="torch.compile the model (worth it for long runs on GPUs).")
-@click.option("--threads", type=int, help="Torch threads for the model (default: all cores but one).")
+@click.option("--threads", type=int, help="Torch threads for the model (default: all usable cores, less --reader-threads when above 1).")
 @click.option("--reader-threads", type=int, help="Threads reading and decoding pixels (default 1: the prefetch thread itself).")
 @click.option("--dask-address", help="Run on this dask.distributed scheduler (tcp://host:8786); --out must be shared.")
 @click.option("--workers", type=int, help="Run on a local dask cluster of this many worker processes.")

@@ -185,7 +185,7 @@ def load_embedder(prepared: Run, device: str | None = None) -> tuple[Embedder, P
     """The run's model, ready for inference, and the weights file it was loaded from."""
     config = prepared.config
     weights = resolve_weights(prepared.card, config.weights, offline=config.offline)
-    configure_threads(config.threads)
+    configure_threads(config.threads, config.reader_threads)
     embedder = Embedder.from_card(
         prepared.card, weights, select_device(device or config.device), pooling=config.pooling, layer=config.layer,
         chip_size=prepared.chip_size, time_steps=config.time_steps, precision=config.precision, compile=config.compile,
