@@ -118,17 +118,19 @@ class ChipBatch:
 
 
 def read_batches(
-    data: "xr.DataArray | NativeWindows", chip_grid: ChipGrid, *, batch_size: int, min_valid: float
+    data: "xr.DataArray | NativeWindows", chip_grid: ChipGrid, *, batch_size: int, min_valid: float,
+    rows: range | None = None,
 ) -> Iterator[ChipBatch]:
     """Read chips from the lazy stack, keep those with enough data, yield them in batches.
 
     Reads go one run of at most ``batch_size`` neighbouring chips at a time, so memory holds
-    about two batches of pixels however large the item is. When no chip passes, nothing is
-    yielded (the writers then write valid, empty files) and a warning says why.
+    about two batches of pixels however large the item is. ``rows`` limits the reads to those
+    chip rows (one tile of an item split over a cluster). When no chip of the whole item
+    passes, nothing is yielded (the writers then write valid, empty files) and a warning says why.
     """
     kept: list[tuple[Chip, np.ndarray, float]] = []
     any_kept, best = False, 0.0
-    for run in _runs(chip_grid, batch_size):
+    for run in _runs(chip_grid, batch_size, rows or range(chip_grid.rows)):
         for chip, pixels in _read_run(data, run, chip_grid.size):
             # a pixel counts when every band (at every time step) has data
             fraction = float(np.isfinite(pixels).reshape(-1, *pixels.shape[-2:]).all(axis=0).mean())
@@ -141,7 +143,7 @@ def read_batches(
                 kept = []
     if kept:
         yield _batch(kept)
-    if not any_kept:
+    if not any_kept and rows is None:
         what = f"item {data.attrs['item']!r}" if "item" in data.attrs else "this item"
         log.warning(
             "%s: none of its %d chips has enough valid pixels (--min-valid %g; the best has %.3g), "
@@ -149,9 +151,9 @@ def read_batches(
         )
 
 
-def _runs(chip_grid: ChipGrid, batch_size: int) -> Iterator[list[Chip]]:
+def _runs(chip_grid: ChipGrid, batch_size: int, rows: range) -> Iterator[list[Chip]]:
     """Consecutive chips of one chip row, at most ``batch_size`` long."""
-    for row in range(chip_grid.rows):
+    for row in rows:
         for start in range(0, chip_grid.cols, batch_size):
             stop = min(start + batch_size, chip_grid.cols)
             yield [chip_grid.chip(row, col) for col in range(start, stop)]

@@ -148,6 +148,7 @@ def _search_options(func: Callable) -> Callable:
 @click.option("--reader-threads", type=int, help="Threads reading and decoding pixels (default 1: the prefetch thread itself).")
 @click.option("--dask-address", help="Run on this dask.distributed scheduler (tcp://host:8786); --out must be shared.")
 @click.option("--workers", type=int, help="Run on a local dask cluster of this many worker processes.")
+@click.option("--tile-chips", type=int, help="On a cluster, split items of more chips than this into tasks of chip-row bands (default 4096).")
 @click.option("--prefetch", type=int, help="Batches read ahead while the model runs (default 2; 0 reads in line).")
 @click.option("--device", type=click.Choice(DEVICES), help="auto picks cuda, then mps, then cpu.")
 @click.option("--crs", help="Resample to this CRS (explicit; default keeps the native grid).")

@@ -85,6 +85,7 @@ class RunConfig:
     prefetch: int = 2
     dask_address: str | None = None
     workers: int | None = None
+    tile_chips: int = 4096
     device: str = "auto"
     crs: str | None = None
     resolution: float | None = None
@@ -107,7 +108,8 @@ class RunConfig:
             raise ConfigError("--publish needs --asset-base-href: where the API's users can fetch the files")
         if self.max_items is not None and self.max_items < 1:
             raise ConfigError(f"--max-items must be >= 1, got {self.max_items}")
-        for name in ("chip_size", "stride", "batch_size", "page_size", "time_steps", "threads", "reader_threads", "workers"):
+        for name in ("chip_size", "stride", "batch_size", "page_size", "time_steps", "threads", "reader_threads", "workers",
+                     "tile_chips"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -227,6 +229,7 @@ def _coerce(key: str, value: Any, filter_lang: str | None = None) -> Any:
         "reader_threads": int,
         "prefetch": int,
         "workers": int,
+        "tile_chips": int,
         "retries": int,
         "min_valid": float,
         "layer": lambda v: int(v) if str(v).lstrip("-").isdigit() else str(v),

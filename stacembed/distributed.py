@@ -1,31 +1,46 @@
-"""Run the same stages on a dask.distributed cluster: one task per output item.
+"""Run the same stages on a dask.distributed cluster: tasks per item, and per tile of large items.
 
 The client resolves the items and checks the run up front (``pipeline.prepare``,
 ``pipeline.describe_run``), exactly as a local run does. Each worker builds the model once
-(``EmbedderPlugin``, a dask ``WorkerPlugin``) and embeds whole items with
-``pipeline.embed_series``, writing them into the shared ``--out`` directory through the same
-temporary-directory-and-rename as a local run. The catalog is assembled by the client at the
-end, from what is on disk.
+(``EmbedderPlugin``, a dask ``WorkerPlugin``). An item of at most ``--tile-chips`` chips is
+one task: ``pipeline.embed_series`` writes it into the shared ``--out`` directory through the
+same temporary-directory-and-rename as a local run. A larger item is split into tiles, bands
+of whole chip rows of about ``--tile-chips`` chips: each tile task writes its embeddings to a
+part file (``writers.parts``), and a merge task that depends on them replays the parts
+through the writers into the item, so the files equal a single process's (int8 ranges
+included) and the model runs only in the tile tasks. The catalog is assembled by the client
+at the end, from what is on disk.
 
 Failure handling is dask's: a task on a worker that dies is re-run elsewhere (up to
-``distributed.scheduler.allowed-failures``); a half-written item never becomes visible (it is
-a temporary directory), and an item finished twice (a slow worker that was presumed lost)
-is kept once. ``--out`` must be a filesystem every worker sees (one machine, NFS, a mounted
-bucket).
+``distributed.scheduler.allowed-failures``); a half-written item or part never becomes
+visible (temporary names, renamed when complete), an item finished twice (a slow worker that
+was presumed lost) is kept once, and parts finished before an interruption are kept for the
+next run. ``--out`` must be a filesystem every worker sees (one machine, NFS, a mounted bucket).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import rasterio
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker
 
+from .chips import ChipGrid
+from .embed import usable_cores
 from .errors import ConfigError
 from .pipeline import (
-    Run, RunSummary, _remove_if_empty, describe_run, embed_series, finish_catalog, load_embedder,
-    output_dirs, reader_scheduler,
+    Run, RunSummary, _remove_if_empty, describe_run, embed_series, embedded_batches, finish_catalog, finished,
+    item_path, load_embedder, output_dirs, reader_scheduler, write_item,
 )
+from .publish import Provenance
+from .temporal import Series
+from .writers.parts import part_path, read_parts, write_part
 
 log = logging.getLogger("stacembed")
 
@@ -33,16 +48,17 @@ PLUGIN = "stacembed-embedder"
 
 
 class EmbedderPlugin(WorkerPlugin):
-    """Builds the run's model once per worker process."""
+    """Builds the run's model once per worker process, with ``threads`` torch threads."""
 
     name = PLUGIN
 
-    def __init__(self, prepared: Run) -> None:
+    def __init__(self, prepared: Run, threads: int | None = None) -> None:
         self.prepared = prepared
+        self.threads = threads
         self.embedder = None
 
     def setup(self, worker) -> None:
-        self.embedder, _ = load_embedder(self.prepared)
+        self.embedder, _ = load_embedder(self.prepared, threads=self.threads)
 
     def teardown(self, worker) -> None:
         self.embedder = None
@@ -51,7 +67,7 @@ class EmbedderPlugin(WorkerPlugin):
 def embed_on_cluster(prepared: Run) -> RunSummary:
     """Embed ``prepared``'s items on the cluster the config names; returns the run summary."""
     config = prepared.config
-    client, cluster = _connect(config.dask_address, config.workers, config.threads)
+    client, cluster = _connect(config.dask_address, config.workers)
     try:
         embedder, weights = load_embedder(prepared, device="cpu")  # checks the run on the client
         provenance = describe_run(prepared, embedder, weights)
@@ -60,12 +76,12 @@ def embed_on_cluster(prepared: Run) -> RunSummary:
         created = output_dirs(prepared)
         summary = RunSummary(config.out, None, prepared.collection_id)
         try:
-            client.register_plugin(EmbedderPlugin(prepared), name=PLUGIN)
-            futures = [
-                client.submit(_embed_task, prepared, index, provenance, key=f"stacembed-{index}-{series.id}",
-                              pure=False)
-                for index, series in enumerate(prepared.series)
-            ]
+            # Local workers share this machine's cores; a remote worker takes its own.
+            threads = config.threads or (max(1, usable_cores() // config.workers) if cluster else None)
+            client.register_plugin(EmbedderPlugin(prepared, threads), name=PLUGIN)
+            shared = client.scatter(prepared, broadcast=True)
+            with rasterio.Env(**prepared.search.access.gdal_options()):
+                futures = [_submit(client, shared, prepared, index, provenance) for index in range(len(prepared.series))]
             for series, chips in zip(prepared.series, client.gather(futures)):
                 summary.record(series.id, chips)
         finally:
@@ -77,21 +93,85 @@ def embed_on_cluster(prepared: Run) -> RunSummary:
             cluster.close()
 
 
-def _embed_task(prepared: Run, index: int, provenance) -> int | None:
+def tile_rows(chip_grid: ChipGrid, tile_chips: int) -> list[range]:
+    """Bands of whole chip rows of about ``tile_chips`` chips (at least one row each)."""
+    step = max(1, tile_chips // chip_grid.cols)
+    return [range(start, min(start + step, chip_grid.rows)) for start in range(0, chip_grid.rows, step)]
+
+
+def _submit(client: Client, shared, prepared: Run, index: int, provenance: Provenance):
+    """The future of series ``index``'s chip count: one task, or tile tasks and their merge."""
+    series = prepared.series[index]
+    key = f"stacembed-{index}-{series.id}"
+    tiles = tile_rows(prepared.plan_item(series).chip_grid, prepared.config.tile_chips)
+    if len(tiles) == 1:
+        return client.submit(_embed_task, shared, index, provenance, key=key, pure=False)
+    parts = [
+        client.submit(_tile_task, shared, index, rows, provenance, key=f"{key}-rows-{rows.start}-{rows.stop}", pure=False)
+        for rows in tiles
+    ]
+    return client.submit(_merge_task, shared, index, provenance, parts, key=f"{key}-merge", pure=False)
+
+
+def _embed_task(prepared: Run, index: int, provenance: Provenance) -> int | None:
     """On a worker: embed series ``index`` with the worker's model; reads stay in this task."""
     embedder = get_worker().plugins[PLUGIN].embedder
-    options = prepared.search.access.gdal_options()
-    # Inside a task, dask arrays must compute here, not be sent back to the cluster.
-    with rasterio.Env(**options), reader_scheduler(prepared.config.reader_threads):
+    with _reading(prepared):
         return embed_series(prepared, prepared.series[index], embedder, provenance)
 
 
-def _connect(address: str | None, workers: int | None, threads: int | None) -> tuple[Client, LocalCluster | None]:
+def _tile_task(prepared: Run, index: int, rows: range, provenance: Provenance) -> Path | None:
+    """On a worker: embed chip rows ``rows`` of series ``index`` into a part file (kept if there)."""
+    series = prepared.series[index]
+    if finished(item_path(prepared, series), provenance):
+        return None
+    path = part_path(_parts_dir(prepared, series, provenance), rows)
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        embedder = get_worker().plugins[PLUGIN].embedder
+        plan = prepared.plan_item(series)
+        with _reading(prepared):
+            write_part(path, embedded_batches(plan, prepared, embedder, rows), provenance.layout)
+    return path
+
+
+def _merge_task(prepared: Run, index: int, provenance: Provenance, parts: list[Path | None]) -> int | None:
+    """On a worker: write series ``index``'s item from its tiles' part files, then drop them."""
+    series = prepared.series[index]
+    final = item_path(prepared, series)
+    if not finished(final, provenance):
+        plan = prepared.plan_item(series)
+        with _reading(prepared):
+            chips = write_item(plan, prepared, provenance, final, read_parts(parts, plan.chip_grid, provenance.layout))
+        if not chips:
+            log.warning("item %r: no chip has enough valid pixels (--min-valid %g), so its embedding outputs "
+                        "are empty", series.id, prepared.config.min_valid)
+    else:
+        chips = None
+    for stale in final.parent.glob(f".parts-{final.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return chips
+
+
+def _parts_dir(prepared: Run, series: Series, provenance: Provenance) -> Path:
+    """Where a series' part files wait, named by the run's parameters so no other run reuses them."""
+    digest = hashlib.sha256(json.dumps(provenance.runtime_parameters(), sort_keys=True).encode()).hexdigest()[:12]
+    final = item_path(prepared, series)
+    return final.with_name(f".parts-{final.name}-{digest}")
+
+
+@contextmanager
+def _reading(prepared: Run) -> Iterator[None]:
+    # Inside a task, dask arrays must compute here, not be sent back to the cluster.
+    with rasterio.Env(**prepared.search.access.gdal_options()), reader_scheduler(prepared.config.reader_threads):
+        yield
+
+
+def _connect(address: str | None, workers: int | None) -> tuple[Client, LocalCluster | None]:
     if address:
         try:
             return Client(address, timeout="30s"), None
         except OSError as exc:
             raise ConfigError(f"cannot reach the dask scheduler at {address}: {exc}") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads or 1, processes=True,
-                           dashboard_address=None)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     return Client(cluster), cluster

@@ -13,18 +13,19 @@ import logging
 import os
 import shutil
 import sys
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import dask
+import numpy as np
 import rasterio
 from tqdm import tqdm
 
 from .access import redact
 from .bands import match_bands
-from .chips import ChipGrid, check_patch_tiling, read_batches
+from .chips import ChipBatch, ChipGrid, check_patch_tiling, read_batches
 from .config import RunConfig
 from .embed import Embedder, configure_threads, prefetch, select_device
 from .errors import OutputError
@@ -181,11 +182,11 @@ def short_switch_interval(seconds: float = 0.0002) -> Iterator[None]:
         sys.setswitchinterval(previous)
 
 
-def load_embedder(prepared: Run, device: str | None = None) -> tuple[Embedder, Path | None]:
+def load_embedder(prepared: Run, device: str | None = None, threads: int | None = None) -> tuple[Embedder, Path | None]:
     """The run's model, ready for inference, and the weights file it was loaded from."""
     config = prepared.config
     weights = resolve_weights(prepared.card, config.weights, offline=config.offline)
-    configure_threads(config.threads, config.reader_threads)
+    configure_threads(threads or config.threads, config.reader_threads)
     embedder = Embedder.from_card(
         prepared.card, weights, select_device(device or config.device), pooling=config.pooling, layer=config.layer,
         chip_size=prepared.chip_size, time_steps=config.time_steps, precision=config.precision, compile=config.compile,
@@ -214,11 +215,34 @@ def describe_run(prepared: Run, embedder: Embedder, weights: Path | None) -> Pro
 def embed_series(prepared: Run, series: Series, embedder: Embedder, provenance: Provenance,
                  show: bool = False) -> int | None:
     """Embed one series into its output item directory; None when it was already there."""
-    final = prepared.config.out / prepared.collection_id / item_dir_name(series.id)
-    if _finished(final, provenance):
+    final = item_path(prepared, series)
+    if finished(final, provenance):
         return None
-    return _embed_item(prepared.plan_item(series), embedder, final, prepared, provenance,
-                       model_card_href(prepared.card), show)
+    plan = prepared.plan_item(series)
+    return write_item(plan, prepared, provenance, final, embedded_batches(plan, prepared, embedder), show)
+
+
+def item_path(prepared: Run, series: Series) -> Path:
+    """The directory of ``series``' output item."""
+    return prepared.config.out / prepared.collection_id / item_dir_name(series.id)
+
+
+def embedded_batches(plan: ItemPlan, run: Run, embedder: Embedder,
+                     rows: range | None = None) -> Iterator[tuple[ChipBatch, np.ndarray]]:
+    """``(batch, embeddings)`` of the item's chips (or of chip rows ``rows``), in row order.
+
+    Reads run ``--prefetch`` batches ahead in a background thread while the model works.
+    """
+    config = run.config
+    data = _pixels(plan, run)
+    try:
+        batches = read_batches(data, plan.chip_grid, batch_size=run.batch_size, min_valid=config.min_valid, rows=rows)
+        with closing(prefetch(batches, config.prefetch)) as stream:
+            for batch in stream:
+                context = chip_context(embedder.context_inputs, plan.series, plan.chip_grid, batch.chips)
+                yield batch, embedder(batch.pixels, context)
+    finally:
+        getattr(data, "close", lambda: None)()  # NativeWindows holds open files
 
 
 def output_dirs(prepared: Run) -> list[Path]:
@@ -259,8 +283,9 @@ def _embed_all(prepared: Run) -> RunSummary:
     return finish_catalog(prepared, provenance, summary)
 
 
-def _embed_item(plan: ItemPlan, embedder: Embedder, final: Path, run: Run, provenance: Provenance,
-                model_href: str, show: bool) -> int:
+def write_item(plan: ItemPlan, run: Run, provenance: Provenance, final: Path,
+               batches: Iterable[tuple[ChipBatch, np.ndarray]], show: bool = False) -> int:
+    """Write the embedded ``batches`` of one item as its output item at ``final`` (atomically)."""
     config = run.config
     name = final.name
     tmp = final.with_name(f".tmp-{name}-{os.getpid()}")
@@ -268,28 +293,23 @@ def _embed_item(plan: ItemPlan, embedder: Embedder, final: Path, run: Run, prove
     tmp.mkdir(parents=True)
     try:
         chip_grid = plan.chip_grid
-        data = _pixels(plan, run)
         source = SourceInfo.from_items(plan.series.items, plan.series.id)
         files = {fmt: tmp / f"{name}{SUFFIXES[fmt]}" for fmt in config.formats}
         writers = [open_writer(fmt, files[fmt], chip_grid, source, provenance.layout)
                    for fmt in config.formats]
         chips = 0
         with tqdm(total=len(chip_grid), desc=plan.series.id, unit="chip", leave=False, disable=not show) as bar:
-            batches = read_batches(data, chip_grid, batch_size=run.batch_size, min_valid=config.min_valid)
-            for batch in prefetch(batches, config.prefetch):
-                context = chip_context(embedder.context_inputs, plan.series, chip_grid, batch.chips)
-                embeddings = embedder(batch.pixels, context)
+            for batch, embeddings in batches:
                 for writer in writers:
                     writer.write(batch, embeddings)
                 chips += len(batch.chips)
                 bar.update(len(batch.chips))
-        getattr(data, "close", lambda: None)()  # NativeWindows holds open files
         properties: dict = {}
         for writer in writers:
             properties.update(writer.close())
         item = output_item(
             plan.series.items, item_id=plan.series.id, collection_id=run.collection_id, files=files, formats=config.formats,
-            chip_grid=chip_grid, provenance=provenance, model_href=model_href, properties=properties,
+            chip_grid=chip_grid, provenance=provenance, model_href=model_card_href(run.card), properties=properties,
         )
         item["links"] += [
             {"rel": "root", "href": "../../catalog.json", "type": "application/json"},
@@ -368,7 +388,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _finished(final: Path, provenance: Provenance) -> bool:
+def finished(final: Path, provenance: Provenance) -> bool:
     item_file = final / f"{final.name}.json"
     if not item_file.is_file():
         return False
