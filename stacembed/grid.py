@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
@@ -42,9 +43,22 @@ class Grid:
 
     def window_bounds(self, window: Window) -> tuple[float, float, float, float]:
         """(minx, miny, maxx, maxy) of a pixel window; exact multiples of the pixel size."""
-        left, top = self.transform @ (window.col_off, window.row_off)
-        right, bottom = self.transform @ (window.col_off + window.width, window.row_off + window.height)
-        return (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+        bounds = self.windows_bounds(window.col_off, window.row_off, window.width, window.height)[0]
+        return tuple(float(v) for v in bounds)
+
+    def windows_bounds(self, col_off, row_off, width, height) -> np.ndarray:
+        """``(n, 4)`` (minx, miny, maxx, maxy) of many pixel windows at once (array arguments).
+
+        The arithmetic is the affine's own (``x = col * a + row * b + c``), so a chip's bounds
+        are the same numbers whichever way they are asked for.
+        """
+        t = self.transform
+        cols, rows = np.atleast_1d(np.asarray(col_off, "float64")), np.atleast_1d(np.asarray(row_off, "float64"))
+        ends_c, ends_r = cols + width, rows + height
+        left, top = cols * t.a + rows * t.b + t.c, cols * t.d + rows * t.e + t.f
+        right, bottom = ends_c * t.a + ends_r * t.b + t.c, ends_c * t.d + ends_r * t.e + t.f
+        return np.column_stack([np.minimum(left, right), np.minimum(top, bottom),
+                                np.maximum(left, right), np.maximum(top, bottom)])
 
     def check_north_up(self, what: str) -> None:
         if self.transform.b != 0 or self.transform.d != 0 or self.transform.e >= 0:

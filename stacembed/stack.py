@@ -23,6 +23,7 @@ import rasterio._path
 import rasterio.warp
 import xarray as xr
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
 from .bands import BandSource
@@ -280,6 +281,20 @@ def _to_measurements(raw: xr.DataArray, bands: list[BandSource]) -> xr.DataArray
                         coords={"band": [b.name for b in bands]})
 
 
+def _file_mask(ds, index: int, raw: np.ndarray, window: Window) -> np.ndarray | None:
+    """Where the file itself says there is no data (GDAL's mask band, as ``masked=True`` reads
+    it), without building a masked array: None when every pixel is valid."""
+    flags = ds.mask_flag_enums[index - 1]
+    if MaskFlags.all_valid in flags:
+        return None
+    if MaskFlags.nodata in flags:
+        nodata = ds.nodatavals[index - 1]
+        if np.issubdtype(raw.dtype, np.floating):  # GDAL compares in the band's type
+            return np.isnan(raw) if math.isnan(nodata) else raw == raw.dtype.type(nodata)
+        return raw == nodata  # an integer band never equals an out-of-range nodata
+    return ds.read_masks(index, window=window) == 0
+
+
 class NativeWindows:
     """Pixels straight from the files, on their own grid: one open dataset per band, no dask.
 
@@ -308,14 +323,17 @@ class NativeWindows:
 
     def _frame(self, datasets, bands: list[BandSource], window: Window) -> np.ndarray:
         out = np.empty((len(bands), int(window.height), int(window.width)), dtype="float32")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            for i, (band, ds) in enumerate(zip(bands, datasets)):
-                raw = ds.read(band.index, window=window, masked=True)
-                values = raw.astype("float32").filled(np.nan)
-                if band.nodata is not None and not math.isnan(band.nodata):
-                    values[values == np.float32(band.nodata)] = np.nan
-                out[i] = (values.astype("float64") * band.scale + band.offset).astype("float32")
+        for i, (band, ds) in enumerate(zip(bands, datasets)):
+            raw = ds.read(band.index, window=window)
+            values = out[i]
+            values[...] = raw
+            missing = _file_mask(ds, band.index, raw, window)
+            if missing is not None:
+                values[missing] = np.nan
+            if band.nodata is not None and not math.isnan(band.nodata):
+                values[values == np.float32(band.nodata)] = np.nan
+            if band.scale != 1 or band.offset != 0:
+                values[...] = values.astype("float64") * band.scale + band.offset
         return out
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ when asked (scale/offset stored as GDAL band scales/offsets, so GDAL readers und
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -108,10 +109,15 @@ class CogWriter:
             source = self._quantized(quantization)
             properties["emb:quantization"] = quantization.to_stac(self.layout.quantization)
         tmp = self.path.with_name(self.path.name + ".part")
-        rasterio.shutil.copy(
-            source, tmp, driver="COG", compress="DEFLATE", predictor="YES",
-            blocksize=_block(max(self.grid.width, self.grid.height)), bigtiff="IF_SAFER",
-        )
+        gdal_log = logging.getLogger("rasterio._env")
+        gdal_log.addFilter(_small_blocksize)
+        try:
+            rasterio.shutil.copy(
+                source, tmp, driver="COG", compress="DEFLATE", predictor="YES",
+                blocksize=_block(max(self.grid.width, self.grid.height)), bigtiff="IF_SAFER",
+            )
+        finally:
+            gdal_log.removeFilter(_small_blocksize)
         os.replace(tmp, self.path)
         for scratch in {self.scratch, source}:
             os.unlink(scratch)
@@ -141,6 +147,12 @@ def _block(size: int) -> int:
     instead of 0.05 s per item at 512 bands).
     """
     return min(256, -(-size // 16) * 16)
+
+
+def _small_blocksize(record: logging.LogRecord) -> bool:
+    """Drop GDAL's advice that COG tiles be >= 128 px: it honours smaller ones, which suit
+    embedding grids of a few dozen pixels (see ``_block``)."""
+    return "BLOCKSIZE" not in record.getMessage()
 
 
 def _tags(source: SourceInfo, chip_grid: ChipGrid) -> dict[str, str]:
