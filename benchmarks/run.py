@@ -239,27 +239,17 @@ def measure_read_path(catalog: Path, model: str, args: argparse.Namespace) -> di
     (direct windows, or a lazy stack when resampling) + ``read_batches``, in line, with the
     run's reader setup. Not a bound: it shows what reading costs before any overlap.
     """
-    from stacembed.chips import read_batches
     from stacembed.pipeline import prepare
-    from stacembed.pipeline import _chunks, _pixels, reader_scheduler
 
     config = run_config(catalog, model, Path(tempfile.gettempdir()) / "unused", args)
     prepared = prepare(config)
-    series = prepared.series[0]
-    plan = prepared.plan_item(series)
-    chip_grid = plan.chip_grid
-    batch = config.batch_size or args.batch_size
-    prepared.batch_size = batch
-    chunks = _chunks(prepared, chip_grid)
-    workers = config.reader_threads
+    prepared.batch_size = config.batch_size or args.batch_size
+    spec = prepared.feed_spec(prepared.plan_item(prepared.series[0]))  # what stacembed.run reads
     start = time.perf_counter()
-    with reader_scheduler(workers):
-        data = _pixels(plan, prepared)  # what stacembed.run reads from: the same choice of loader
-        chips = sum(len(b.chips) for b in read_batches(data, chip_grid, batch_size=batch, min_valid=config.min_valid))
-        getattr(data, "close", lambda: None)()
+    chips = sum(len(b.chips) for b in spec.batches())
     seconds = time.perf_counter() - start
-    return {"chips": chips, "seconds": seconds, "chips_per_s": chips / seconds, "chunks": list(chunks),
-            "reader_threads": workers}
+    return {"chips": chips, "seconds": seconds, "chips_per_s": chips / seconds, "chunks": list(spec.chunks),
+            "reader_threads": spec.reader_threads}
 
 
 def measure_naive(sub: Subject, batch_size: int, threads: int) -> tuple[dict, Any]:

@@ -117,37 +117,47 @@ class ChipBatch:
     valid_fraction: np.ndarray
 
 
+@dataclass
+class ReadStats:
+    """What a read saw: chips kept, and the best valid fraction of any chip (for the warning
+    the caller gives when an item has no usable chip)."""
+
+    kept: int = 0
+    best_fraction: float = 0.0
+
+
 def read_batches(
     data: "xr.DataArray | NativeWindows", chip_grid: ChipGrid, *, batch_size: int, min_valid: float,
-    rows: range | None = None,
+    rows: range | None = None, stats: ReadStats | None = None,
 ) -> Iterator[ChipBatch]:
     """Read chips from the lazy stack, keep those with enough data, yield them in batches.
 
     Reads go one run of at most ``batch_size`` neighbouring chips at a time, so memory holds
     about two batches of pixels however large the item is. ``rows`` limits the reads to those
-    chip rows (one tile of an item split over a cluster). When no chip of the whole item
-    passes, nothing is yielded (the writers then write valid, empty files) and a warning says why.
+    chip rows (one tile of an item split over a cluster). When no chip passes, nothing is
+    yielded (the writers then write valid, empty files); ``stats`` records what was seen.
     """
+    stats = stats if stats is not None else ReadStats()
     kept: list[tuple[Chip, np.ndarray, float]] = []
-    any_kept, best = False, 0.0
     for run in _runs(chip_grid, batch_size, rows or range(chip_grid.rows)):
-        for chip, pixels in _read_run(data, run, chip_grid.size):
-            # a pixel counts when every band (at every time step) has data
-            fraction = float(np.isfinite(pixels).reshape(-1, *pixels.shape[-2:]).all(axis=0).mean())
-            best = max(best, fraction)
+        for chip, pixels, fraction in _read_run(data, run, chip_grid.size):
+            stats.best_fraction = max(stats.best_fraction, fraction)
             if fraction >= min_valid and fraction > 0:
                 kept.append((chip, pixels, fraction))
-                any_kept = True
+                stats.kept += 1
             if len(kept) == batch_size:
                 yield _batch(kept)
                 kept = []
     if kept:
         yield _batch(kept)
-    if not any_kept and rows is None:
-        what = f"item {data.attrs['item']!r}" if "item" in data.attrs else "this item"
+
+
+def warn_if_empty(item_id: str, chip_grid: ChipGrid, min_valid: float, stats: ReadStats) -> None:
+    """Say so when none of an item's chips had enough valid pixels."""
+    if not stats.kept:
         log.warning(
-            "%s: none of its %d chips has enough valid pixels (--min-valid %g; the best has %.3g), "
-            "so its embedding outputs are empty", what, len(chip_grid), min_valid, best,
+            "item %r: none of its %d chips has enough valid pixels (--min-valid %g; the best has %.3g), "
+            "so its embedding outputs are empty", item_id, len(chip_grid), min_valid, stats.best_fraction,
         )
 
 
@@ -159,19 +169,26 @@ def _runs(chip_grid: ChipGrid, batch_size: int, rows: range) -> Iterator[list[Ch
             yield [chip_grid.chip(row, col) for col in range(start, stop)]
 
 
-def _read_run(data: "xr.DataArray | NativeWindows", run: list[Chip], size: int) -> Iterable[tuple[Chip, np.ndarray]]:
-    """Read one run of chips in one block; works for ``(band, y, x)`` and ``(band, time, y, x)``."""
+def _read_run(data: "xr.DataArray | NativeWindows", run: list[Chip], size: int) -> Iterable[tuple[Chip, np.ndarray, float]]:
+    """Read one run of chips in one block: ``(chip, pixels, valid fraction)`` for each.
+
+    Works for ``(band, y, x)`` and ``(band, time, y, x)``. A pixel counts as valid when every
+    band (at every time step) has data; that is computed once for the whole block.
+    """
     height, width = data.shape[-2:]
     top = run[0].window.row_off
     left = run[0].window.col_off
     right = run[-1].window.col_off + size
     rows, cols = slice(top, min(top + size, height)), slice(left, min(right, width))
     block = np.asarray(data[..., rows, cols].values) if isinstance(data, xr.DataArray) else data.read(rows, cols)
-    padded = np.full((*block.shape[:-2], size, right - left), np.nan, dtype="float32")
-    padded[..., : block.shape[-2], : block.shape[-1]] = block
+    if block.shape[-2:] != (size, right - left):  # the last row or column: pad as no data
+        padded = np.full((*block.shape[:-2], size, right - left), np.nan, dtype="float32")
+        padded[..., : block.shape[-2], : block.shape[-1]] = block
+        block = padded
+    valid = np.isfinite(block).reshape(-1, size, right - left).all(axis=0)
     for chip in run:
         offset = chip.window.col_off - left
-        yield chip, padded[..., offset : offset + size]
+        yield chip, block[..., offset : offset + size], float(valid[:, offset : offset + size].mean())
 
 
 def _batch(kept: list[tuple[Chip, np.ndarray, float]]) -> ChipBatch:

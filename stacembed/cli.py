@@ -15,7 +15,9 @@ import click
 
 from . import __version__
 from .access import HEADERS_ENV, SIGNERS, Access, parse_headers, redact
-from .config import DEVICES, DTYPES, FORMATS, LOADERS, POOLINGS, PRECISIONS, QUANTIZATION, RESAMPLING, RunConfig
+from .config import (
+    DEVICES, DTYPES, FORMATS, LOADERS, POOLINGS, PRECISIONS, QUANTIZATION, RESAMPLING, RunConfig,
+)
 from .errors import StacembedError
 from .resolve.export import FORMATS as SEARCH_FORMATS
 
@@ -149,7 +151,7 @@ def _search_options(func: Callable) -> Callable:
 @click.option("--dask-address", help="Run on this dask.distributed scheduler (tcp://host:8786); --out must be shared.")
 @click.option("--workers", type=int, help="Run on a local dask cluster of this many worker processes.")
 @click.option("--tile-chips", type=int, help="On a cluster, split items of more chips than this into tasks of chip-row bands (default 4096).")
-@click.option("--prefetch", type=int, help="Batches read ahead while the model runs (default 2; 0 reads in line).")
+@click.option("--prefetch", type=int, help="Batches read ahead in a thread while the model runs; 0 reads in line (default: 2 on GPUs or with fewer --threads than cores, else 0).")
 @click.option("--device", type=click.Choice(DEVICES), help="auto picks cuda, then mps, then cpu.")
 @click.option("--crs", help="Resample to this CRS (explicit; default keeps the native grid).")
 @click.option("--resolution", type=float, help="Resample to this pixel size in CRS units.")

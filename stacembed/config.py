@@ -82,7 +82,7 @@ class RunConfig:
     compile: bool = False
     threads: int | None = None
     reader_threads: int = 1
-    prefetch: int = 2
+    prefetch: int | None = None
     dask_address: str | None = None
     workers: int | None = None
     tile_chips: int = 4096
@@ -125,7 +125,7 @@ class RunConfig:
         _check_choices("precision", (self.precision,), PRECISIONS)
         if self.dask_address and self.workers:
             raise ConfigError("give either --dask-address (an existing cluster) or --workers (a local one), not both")
-        if self.prefetch < 0:
+        if self.prefetch is not None and self.prefetch < 0:
             raise ConfigError(f"--prefetch must be >= 0, got {self.prefetch}")
         _check_choices("dtype", (self.dtype,), DTYPES)
         _check_choices("quantization", (self.quantization,), QUANTIZATION)

@@ -24,9 +24,7 @@ import hashlib
 import json
 import logging
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import rasterio
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker
@@ -36,7 +34,7 @@ from .embed import usable_cores
 from .errors import ConfigError
 from .pipeline import (
     Run, RunSummary, _remove_if_empty, describe_run, embed_series, embedded_batches, finish_catalog, finished,
-    item_path, load_embedder, output_dirs, reader_scheduler, write_item,
+    item_path, load_embedder, output_dirs, write_item,
 )
 from .publish import Provenance
 from .temporal import Series
@@ -116,7 +114,7 @@ def _submit(client: Client, shared, prepared: Run, index: int, provenance: Prove
 def _embed_task(prepared: Run, index: int, provenance: Provenance) -> int | None:
     """On a worker: embed series ``index`` with the worker's model; reads stay in this task."""
     embedder = get_worker().plugins[PLUGIN].embedder
-    with _reading(prepared):
+    with rasterio.Env(**prepared.search.access.gdal_options()):
         return embed_series(prepared, prepared.series[index], embedder, provenance)
 
 
@@ -130,7 +128,7 @@ def _tile_task(prepared: Run, index: int, rows: range, provenance: Provenance) -
         path.parent.mkdir(exist_ok=True)
         embedder = get_worker().plugins[PLUGIN].embedder
         plan = prepared.plan_item(series)
-        with _reading(prepared):
+        with rasterio.Env(**prepared.search.access.gdal_options()):
             write_part(path, embedded_batches(plan, prepared, embedder, rows), provenance.layout)
     return path
 
@@ -141,7 +139,7 @@ def _merge_task(prepared: Run, index: int, provenance: Provenance, parts: list[P
     final = item_path(prepared, series)
     if not finished(final, provenance):
         plan = prepared.plan_item(series)
-        with _reading(prepared):
+        with rasterio.Env(**prepared.search.access.gdal_options()):
             chips = write_item(plan, prepared, provenance, final, read_parts(parts, plan.chip_grid, provenance.layout))
         if not chips:
             log.warning("item %r: no chip has enough valid pixels (--min-valid %g), so its embedding outputs "
@@ -158,13 +156,6 @@ def _parts_dir(prepared: Run, series: Series, provenance: Provenance) -> Path:
     digest = hashlib.sha256(json.dumps(provenance.runtime_parameters(), sort_keys=True).encode()).hexdigest()[:12]
     final = item_path(prepared, series)
     return final.with_name(f".parts-{final.name}-{digest}")
-
-
-@contextmanager
-def _reading(prepared: Run) -> Iterator[None]:
-    # Inside a task, dask arrays must compute here, not be sent back to the cluster.
-    with rasterio.Env(**prepared.search.access.gdal_options()), reader_scheduler(prepared.config.reader_threads):
-        yield
 
 
 def _connect(address: str | None, workers: int | None) -> tuple[Client, LocalCluster | None]:

@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import dask
 import numpy as np
 import rasterio
 from tqdm import tqdm
 
 from .access import redact
 from .bands import match_bands
-from .chips import ChipBatch, ChipGrid, check_patch_tiling, read_batches
+from .chips import ChipBatch, ChipGrid, check_patch_tiling
 from .config import RunConfig
-from .embed import Embedder, configure_threads, prefetch, select_device
+from .embed import Embedder, configure_threads, default_prefetch, select_device
 from .errors import OutputError
+from .feed import FeedSpec, feed
 from .grid import Grid
 from .models import ModelCard, resolve_card
 from .models.weights import file_sha256, resolve_weights
@@ -37,7 +37,7 @@ from .publish import (
     write_model_card,
 )
 from .resolve import Search
-from .stack import NativeWindows, native_grid, stack_series, target_grid
+from .stack import native_grid, target_grid
 from .temporal import Series, build_series, chip_context
 from .writers import Layout, SourceInfo, open_writer
 
@@ -93,6 +93,16 @@ class Run:
             target = target_grid(grid, self.config.crs, self.config.resolution)
         return ItemPlan(series, ChipGrid(target, self.chip_size, self.stride), grid)
 
+    def feed_spec(self, plan: ItemPlan, rows: range | None = None) -> FeedSpec:
+        """How to read ``plan``'s chips (or chip rows ``rows``), for ``feed``."""
+        config = self.config
+        return FeedSpec(
+            [(a.item, a.bands) for a in plan.series.acquisitions], plan.chip_grid, plan.source_grid,
+            batch_size=self.batch_size, min_valid=config.min_valid, loader=config.loader,
+            resampling=config.resampling, gdal_options=self.search.access.gdal_options(),
+            reader_threads=config.reader_threads, rows=rows,
+        )
+
 
 def prepare(config: RunConfig) -> Run:
     """Resolve the model card and the items and match bands: everything that can fail cheaply."""
@@ -145,8 +155,7 @@ def run(config: RunConfig) -> RunSummary:
 
         summary = embed_on_cluster(prepared)
     else:
-        with rasterio.Env(**prepared.search.access.gdal_options()), reader_scheduler(config.reader_threads), \
-                short_switch_interval():
+        with rasterio.Env(**prepared.search.access.gdal_options()), short_switch_interval():
             summary = _embed_all(prepared)
     if config.publish:
         from .transactions import publish_catalog
@@ -156,14 +165,6 @@ def run(config: RunConfig) -> RunSummary:
             access=prepared.search.access,
         )
     return summary
-
-
-@contextmanager
-def reader_scheduler(threads: int) -> Iterator[None]:
-    """Reads run in the prefetch thread: in it alone (1, measured fastest on small machines:
-    no task-graph thread hand-offs), or in a dask pool of ``threads``; the model runs in torch's."""
-    with dask.config.set(scheduler="synchronous") if threads <= 1 else dask.config.set(num_workers=threads):
-        yield
 
 
 @contextmanager
@@ -231,18 +232,13 @@ def embedded_batches(plan: ItemPlan, run: Run, embedder: Embedder,
                      rows: range | None = None) -> Iterator[tuple[ChipBatch, np.ndarray]]:
     """``(batch, embeddings)`` of the item's chips (or of chip rows ``rows``), in row order.
 
-    Reads run ``--prefetch`` batches ahead in a background thread while the model works.
+    Reads run ``--prefetch`` batches ahead in a thread while the model works (see ``feed``).
     """
-    config = run.config
-    data = _pixels(plan, run)
-    try:
-        batches = read_batches(data, plan.chip_grid, batch_size=run.batch_size, min_valid=config.min_valid, rows=rows)
-        with closing(prefetch(batches, config.prefetch)) as stream:
-            for batch in stream:
-                context = chip_context(embedder.context_inputs, plan.series, plan.chip_grid, batch.chips)
-                yield batch, embedder(batch.pixels, context)
-    finally:
-        getattr(data, "close", lambda: None)()  # NativeWindows holds open files
+    depth = run.config.prefetch if run.config.prefetch is not None else default_prefetch(embedder.device)
+    with closing(feed(run.feed_spec(plan, rows), depth)) as batches:
+        for batch in batches:
+            context = chip_context(embedder.context_inputs, plan.series, plan.chip_grid, batch.chips)
+            yield batch, embedder(batch.pixels, context)
 
 
 def output_dirs(prepared: Run) -> list[Path]:
@@ -325,20 +321,6 @@ def write_item(plan: ItemPlan, run: Run, provenance: Provenance, final: Path,
     return chips
 
 
-def _pixels(plan: ItemPlan, run: Run):
-    """Where the chips' pixels come from: the files directly when the grid is theirs (``auto``),
-    else a lazy stackstac / odc-stac stack (resampling, or a loader asked for by name)."""
-    config = run.config
-    series = [(a.item, a.bands) for a in plan.series.acquisitions]
-    if config.loader == "auto" and plan.chip_grid.grid == plan.source_grid:
-        return NativeWindows(series, plan.source_grid)
-    return stack_series(
-        series, plan.chip_grid.grid, chunks=_chunks(run, plan.chip_grid), resampling=config.resampling,
-        loader="stackstac" if config.loader == "auto" else config.loader,
-        gdal_options=run.search.access.gdal_options(),
-    )
-
-
 def _move_into_place(tmp: Path, final: Path) -> None:
     """Atomic rename; if another worker finished the same item first, its copy stands and ours goes."""
     try:
@@ -348,12 +330,6 @@ def _move_into_place(tmp: Path, final: Path) -> None:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
         log.info("item %s was finished by another worker; kept that copy", final.name)
-
-
-def _chunks(run: Run, chip_grid: ChipGrid) -> tuple[int, int]:
-    """Chunk rows aligned with chip rows, chunk columns with one read run of a batch."""
-    width = min(chip_grid.grid.width, run.stride * run.batch_size + run.chip_size - run.stride)
-    return (min(run.chip_size, chip_grid.grid.height), max(width, 1))
 
 
 def _prepare_out(out: Path, collection_id: str) -> Path:

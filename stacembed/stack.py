@@ -309,7 +309,6 @@ class NativeWindows:
         self.datasets = [[rasterio.open(b.href) for b in bands] for _, bands in series]
         self.time_steps = len(series)
         self.shape = (len(self.bands), *((self.time_steps,) if self.time_steps > 1 else ()), grid.height, grid.width)
-        self.attrs = {"item": series[0][0].id}
         for (item, bands), datasets in zip(series, self.datasets):
             for band, ds in zip(bands, datasets):
                 if (ds.width, ds.height) != (grid.width, grid.height) or ds.transform != grid.transform:

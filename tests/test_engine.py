@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from stacembed.embed import Embedder, configure_threads, prefetch
+from stacembed.embed import Embedder, configure_threads, default_prefetch, usable_cores
 from stacembed.errors import ConfigError
+from stacembed.feed import prefetch
 from stacembed.models import resolve_card
 
 
@@ -62,8 +63,29 @@ def test_thread_setup_and_batch_size_defaults_on_the_cpu():
     before = torch.get_num_threads()
     try:
         assert configure_threads(1) == 1 and torch.get_num_threads() == 1
-        assert configure_threads(None) >= 1
+        assert default_prefetch(torch.device("cpu")) == (2 if usable_cores() > 1 else 0)  # a core left for reads
+        assert default_prefetch(torch.device("cuda")) == 2
+        assert configure_threads(None) == usable_cores()  # the default reader thread is not counted
+        assert default_prefetch(torch.device("cpu")) == 0  # torch on every core: read in line
+        assert configure_threads(None, reader_threads=2) == max(1, usable_cores() - 2)
     finally:
         torch.set_num_threads(before)
     embedder = Embedder.from_card(resolve_card("stacembed-demo-landsat"), None, torch.device("cpu"))
     assert embedder.auto_batch_size(default=16) == 16
+
+
+def test_reading_ahead_or_in_line_gives_the_same_files(tmp_path):
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from stacembed import RunConfig, run
+
+    sample = Path(__file__).parent.parent / "catalogs" / "sample" / "catalog.json"
+    tables = {}
+    for depth in (0, 2):
+        out = tmp_path / f"prefetch-{depth}"
+        run(RunConfig(out=out, catalog=str(sample), prefetch=depth, threads=1, formats=("geoparquet",), progress=False))
+        tables[depth] = {p.name: pq.read_table(p) for p in out.glob("*/*/*.parquet")}
+    assert tables[0].keys() == tables[2].keys() and len(tables[0]) == 4
+    assert all(tables[0][name].equals(tables[2][name]) for name in tables[0])
