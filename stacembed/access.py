@@ -19,6 +19,8 @@ import pystac
 from .errors import ConfigError
 
 HEADERS_ENV = "STACEMBED_HEADERS"
+# The least GDAL block cache a read gets (see ``feed.FeedSpec.batches`` for the sizing).
+DEFAULT_CACHE_BYTES = 128 * 2**20
 SIGNERS = ("planetary-computer",)
 
 # Query parameters that carry credentials in signed URLs (Azure SAS, S3 presigned, tokens).
@@ -49,9 +51,9 @@ class Access:
         if self.retries < 0:
             raise ConfigError(f"--retries must be >= 0, got {self.retries}")
 
-    def gdal_options(self) -> dict[str, str]:
+    def gdal_options(self) -> dict[str, str | int]:
         """GDAL config options for reading assets: timeouts, retries with backoff, S3 access, headers."""
-        options = {
+        options: dict[str, str | int] = {
             "GDAL_HTTP_TIMEOUT": str(int(max(1, self.timeout))),
             "GDAL_HTTP_MAX_RETRY": str(self.retries),
             "GDAL_HTTP_RETRY_DELAY": "1",
@@ -65,6 +67,8 @@ class Access:
             options["AWS_REQUEST_PAYER"] = "requester"
         if self.headers:
             options["GDAL_HTTP_HEADERS"] = "\r\n".join(f"{k}: {v}" for k, v in self.headers.items())
+        if "GDAL_CACHEMAX" in options:
+            options["GDAL_CACHEMAX"] = cache_bytes(options["GDAL_CACHEMAX"])
         return options
 
     def sign(self, item: pystac.Item) -> pystac.Item:
@@ -142,3 +146,22 @@ def _signer(name: str) -> Callable[[pystac.Item], pystac.Item]:
             ) from None
         return planetary_computer.sign_item
     raise ConfigError(f"unknown signer {name!r}")
+
+
+def cache_bytes(value: str | int | None) -> int:
+    """``GDAL_CACHEMAX`` as bytes (rasterio wants an int): GDAL's spellings ``512`` (MB below
+    100000, else bytes), ``512MB``, ``2GB`` and ``10%`` (of RAM); ``None`` is ``DEFAULT_CACHE_BYTES``."""
+    if value is None or value == "":
+        return DEFAULT_CACHE_BYTES
+    text = str(value).strip().upper()
+    try:
+        if text.endswith("%"):
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            return int(total * float(text[:-1]) / 100)
+        for suffix, unit in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+            if text.endswith(suffix):
+                return int(float(text[: -len(suffix)]) * unit)
+        number = int(float(text))
+    except ValueError:
+        raise ConfigError(f"GDAL_CACHEMAX must be a size such as 512MB, 2GB or 10%; got {value!r}") from None
+    return number * 2**20 if number < 100000 else number

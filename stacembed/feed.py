@@ -15,6 +15,7 @@ more than reading it.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from contextlib import closing, contextmanager
@@ -25,6 +26,7 @@ import dask
 import pystac
 import rasterio
 
+from .access import DEFAULT_CACHE_BYTES, cache_bytes
 from .bands import BandSource
 from .chips import ChipBatch, ChipGrid, ReadStats, read_batches, warn_if_empty
 from .grid import Grid
@@ -67,13 +69,28 @@ class FeedSpec:
 
     def batches(self, stats: ReadStats | None = None) -> Iterator[ChipBatch]:
         """Read the chips in batches, here (in whichever thread or process iterates)."""
-        with rasterio.Env(**(self.gdal_options or {})), reader_scheduler(self.reader_threads):
+        options = self.gdal_options or {}
+        with rasterio.Env(**options), reader_scheduler(self.reader_threads):
             data = self.open()
             try:
-                yield from read_batches(data, self.chip_grid, batch_size=self.batch_size,
-                                        min_valid=self.min_valid, rows=self.rows, stats=stats)
+                with rasterio.Env(GDAL_CACHEMAX=options.get("GDAL_CACHEMAX") or self.cache_bytes(data)):
+                    yield from read_batches(data, self.chip_grid, batch_size=self.batch_size,
+                                            min_valid=self.min_valid, rows=self.rows, stats=stats)
             finally:
                 getattr(data, "close", lambda: None)()  # NativeWindows holds open files
+
+    @staticmethod
+    def cache_bytes(data) -> int:
+        """GDAL's block cache for a read, unless ``--gdal GDAL_CACHEMAX`` (or the environment) says.
+
+        Two rows of tiles across every file (chips straddle tile rows), at least
+        ``DEFAULT_CACHE_BYTES``: tiles are decoded once, and memory follows the item's width,
+        not its area. GDAL's own default, 5% of RAM, kept every tile of an item read in chip
+        rows (measured: 390 MiB more peak memory for an 8192 px item than a 2048 px one).
+        """
+        if os.environ.get("GDAL_CACHEMAX"):
+            return cache_bytes(os.environ["GDAL_CACHEMAX"])
+        return max(DEFAULT_CACHE_BYTES, 2 * getattr(data, "tile_row_bytes", 0))
 
 
 def feed(spec: FeedSpec, depth: int = 2) -> Iterator[ChipBatch]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -71,7 +72,7 @@ def stack_item(
     chunks: tuple[int, int] = (512, 512),
     resampling: str = "nearest",
     loader: str = "stackstac",
-    gdal_options: dict[str, str] | None = None,
+    gdal_options: dict[str, Any] | None = None,
 ) -> xr.DataArray:
     """Lazy ``(band, y, x)`` float32 array of ``bands`` on ``grid``; nodata is NaN, values scaled.
 
@@ -157,7 +158,7 @@ def stack_series(
 
 def _load_stackstac(
     item: pystac.Item, bands: list[BandSource], grid: Grid, chunks: tuple[int, int], resampling: str,
-    gdal_options: dict[str, str],
+    gdal_options: dict[str, Any],
 ) -> xr.DataArray:
     import stackstac
 
@@ -202,7 +203,7 @@ def _load_stackstac(
 
 def _load_odc(
     item: pystac.Item, bands: list[BandSource], grid: Grid, chunks: tuple[int, int], resampling: str,
-    gdal_options: dict[str, str],
+    gdal_options: dict[str, Any],
 ) -> xr.DataArray:
     try:
         import odc.stac
@@ -313,6 +314,17 @@ class NativeWindows:
             for band, ds in zip(bands, datasets):
                 if (ds.width, ds.height) != (grid.width, grid.height) or ds.transform != grid.transform:
                     raise ReadError(f"item {item.id!r}: {band.href} is not on the item's native grid")
+
+    @property
+    def tile_row_bytes(self) -> int:
+        """Decoded bytes of one row of tiles across every file: what GDAL's block cache must
+        hold so that the chip rows within a tile row decode each tile once."""
+        total = 0
+        for datasets, bands in zip(self.datasets, [self.bands] * self.time_steps):
+            for band, ds in zip(bands, datasets):
+                height, width = ds.block_shapes[band.index - 1]
+                total += -(-ds.width // width) * width * height * np.dtype(ds.dtypes[band.index - 1]).itemsize
+        return total
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:
         window = Window.from_slices(rows, cols)

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
+import pystac
 import pytest
+import rasterio
 import torch
 
+from stacembed import RunConfig, run
+from stacembed.access import DEFAULT_CACHE_BYTES
+from stacembed.bands import BandSource
 from stacembed.embed import Embedder, configure_threads, default_prefetch, usable_cores
 from stacembed.errors import ConfigError
-from stacembed.feed import prefetch
+from stacembed.feed import FeedSpec, prefetch
+from stacembed.grid import read_grid
+from stacembed.stack import NativeWindows
 from stacembed.models import resolve_card
 
 
@@ -75,8 +85,6 @@ def test_thread_setup_and_batch_size_defaults_on_the_cpu():
 
 
 def test_reading_ahead_or_in_line_gives_the_same_files(tmp_path):
-    from pathlib import Path
-
     import pyarrow.parquet as pq
 
     from stacembed import RunConfig, run
@@ -89,3 +97,22 @@ def test_reading_ahead_or_in_line_gives_the_same_files(tmp_path):
         tables[depth] = {p.name: pq.read_table(p) for p in out.glob("*/*/*.parquet")}
     assert tables[0].keys() == tables[2].keys() and len(tables[0]) == 4
     assert all(tables[0][name].equals(tables[2][name]) for name in tables[0])
+
+
+def test_gdal_block_cache_holds_two_tile_rows_and_follows_the_user(monkeypatch):
+    class Wide:  # a 100,000 px wide item of 512 px uint16 tiles in 12 bands
+        tile_row_bytes = 12 * 196 * 512 * 512 * 2
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    assert FeedSpec.cache_bytes(Wide()) == 2 * Wide.tile_row_bytes
+    assert FeedSpec.cache_bytes(object()) == DEFAULT_CACHE_BYTES  # a lazy stack: the floor
+    monkeypatch.setenv("GDAL_CACHEMAX", "300MB")
+    assert FeedSpec.cache_bytes(Wide()) == 300 * 2**20
+
+    href = str(Path(__file__).parent.parent / "catalogs/sample/landsat-etm-sample/L7-olinda-r0c0/blue.tif")
+    with rasterio.open(href) as ds:
+        (block_h, block_w), width, size = ds.block_shapes[0], ds.width, np.dtype(ds.dtypes[0]).itemsize
+    item = pystac.Item("x", None, None, datetime=datetime(2000, 1, 1, tzinfo=timezone.utc), properties={})
+    data = NativeWindows([(item, [BandSource("blue", "blue", href), BandSource("b", "b", href)])], read_grid(href))
+    assert data.tile_row_bytes == 2 * -(-width // block_w) * block_w * block_h * size
+    data.close()

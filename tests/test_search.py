@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pystac
 import pytest
@@ -100,6 +101,26 @@ def test_access_gdal_options_for_asset_reads():
     assert not options["GDAL_HTTP_COOKIEFILE"].startswith("~")
     requester = Access(requester_pays=True, gdal={"AWS_REQUEST_PAYER": "nobody"}).gdal_options()
     assert requester["AWS_REQUEST_PAYER"] == "requester"  # an explicit flag beats a preset's option
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("512", 512 * 2**20), (512, 512 * 2**20), ("200000000", 200000000), ("256MB", 256 * 2**20),
+    ("2gb", 2 * 2**30), (None, 128 * 2**20),
+])
+def test_gdal_cache_sizes_are_read_as_gdal_reads_them(value, expected):
+    from stacembed.access import cache_bytes
+
+    assert cache_bytes(value) == expected
+
+
+def test_gdal_cache_size_from_the_user_wins_and_nonsense_is_refused(monkeypatch):
+    from stacembed.access import cache_bytes
+
+    assert Access(gdal={"GDAL_CACHEMAX": "64MB"}).gdal_options()["GDAL_CACHEMAX"] == 64 * 2**20
+    assert "GDAL_CACHEMAX" not in Access().gdal_options()  # sized per read (feed.FeedSpec.cache_bytes)
+    assert 0 < cache_bytes("10%") < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with pytest.raises(ConfigError, match="GDAL_CACHEMAX must be a size"):
+        cache_bytes("lots")
 
 
 def test_redact_removes_credentials_from_urls():
