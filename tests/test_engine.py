@@ -85,10 +85,6 @@ def test_thread_setup_and_batch_size_defaults_on_the_cpu():
 
 
 def test_reading_ahead_or_in_line_gives_the_same_files(tmp_path):
-    import pyarrow.parquet as pq
-
-    from stacembed import RunConfig, run
-
     sample = Path(__file__).parent.parent / "catalogs" / "sample" / "catalog.json"
     tables = {}
     for depth in (0, 2):
