@@ -127,8 +127,8 @@ def _tile_task(prepared: Run, index: int, rows: range, provenance: Provenance) -
     if not path.exists():
         path.parent.mkdir(exist_ok=True)
         embedder = get_worker().plugins[PLUGIN].embedder
-        plan = prepared.plan_item(series)
         with rasterio.Env(**prepared.search.access.gdal_options()):
+            plan = prepared.plan_item(series)
             write_part(path, embedded_batches(plan, prepared, embedder, rows), provenance.layout)
     return path
 
@@ -138,8 +138,8 @@ def _merge_task(prepared: Run, index: int, provenance: Provenance, parts: list[P
     series = prepared.series[index]
     final = item_path(prepared, series)
     if not finished(final, provenance):
-        plan = prepared.plan_item(series)
         with rasterio.Env(**prepared.search.access.gdal_options()):
+            plan = prepared.plan_item(series)
             chips = write_item(plan, prepared, provenance, final, read_parts(parts, plan.chip_grid, provenance.layout))
         if not chips:
             log.warning("item %r: no chip has enough valid pixels (--min-valid %g), so its embedding outputs "

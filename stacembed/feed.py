@@ -15,10 +15,9 @@ more than reading it.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
-import sys
 import queue
+import sys
 import threading
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -33,8 +32,6 @@ from .bands import BandSource
 from .chips import ChipBatch, ChipGrid, ReadStats, read_batches, warn_if_empty
 from .grid import Grid
 from .stack import NativeWindows, stack_series
-
-log = logging.getLogger("stacembed")
 
 
 @dataclass(frozen=True)
