@@ -219,7 +219,13 @@ def measure_io(sub: Subject) -> dict:
                 for ds in datasets:
                     ds.read(1, window=Window(col_off, row_off, w, h))
             seconds = time.perf_counter() - start
-            # the same pixels read one chip row (a strip of full width) at a time
+        finally:
+            for ds in datasets:
+                ds.close()
+        # The same pixels read one chip row (a strip of full width) at a time, from files opened
+        # anew: GDAL's block cache is per open dataset, so no tile decoded above is reused.
+        datasets = [rasterio.open(href) for href in sub.hrefs]
+        try:
             start = time.perf_counter()
             for row_off in sorted({r for _, _, r, _ in windows}):
                 h = min(sub.chip, sub.height - row_off)

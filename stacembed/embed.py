@@ -4,8 +4,9 @@ Chips go in at their native size (no resizing: a chip is the source's own pixels
 without data enter the model as 0 *after* value scaling, i.e. the training mean for z-score
 scaling, so that they pull the embedding as little as possible.
 
-Batches arrive read ahead by ``feed``. On CUDA, inputs go through pinned memory with non-blocking copies, CNNs run
-``channels_last``, and ``--precision bf16|fp16`` runs the forward pass under autocast.
+Batches arrive from ``feed``. On CUDA, inputs go through pinned memory with non-blocking copies,
+and ``--precision bf16|fp16`` runs the forward pass under autocast. CNNs run ``channels_last``
+where that measured faster (``prefers_channels_last``).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class Embedder:
         self.model = FeatureModel(model, pooling, layer).eval().to(device)
         scaling = card.value_scaling
         self.scaling = ValueScaling.from_card(scaling, len(card.bands)).to(device) if scaling else None
-        self.channels_last = device.type == "cuda" and _is_cnn(model)
+        self.channels_last = prefers_channels_last(model, device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if compile:
@@ -181,9 +182,22 @@ class Embedder:
         out = self._forward(pixels, context)
         if tuple(out.shape[1:]) != self.output_shape:
             raise ModelError(f"model {self.card.name} returned {tuple(out.shape)}, expected (n, {self.output_shape})")
-        return out.float().cpu().numpy()
+        return out.float().contiguous().cpu().numpy()
 
 
-def _is_cnn(model: nn.Module) -> bool:
-    """Convolutional backbones gain from channels_last on GPUs; transformers do not."""
-    return any(isinstance(m, nn.Conv2d) for m in model.modules()) and not hasattr(model, "blocks")
+def prefers_channels_last(model: nn.Module, device: torch.device) -> bool:
+    """Whether to run ``model`` on ``device`` in the channels_last (NHWC) memory format.
+
+    On CUDA every convolutional backbone gains (tensor cores work in NHWC). On the CPU only
+    those built of convolution + batch norm do, which oneDNN runs fused in NHWC: measured on 2
+    cores, batches of 16 chips of 64 px, timm test_resnet 1.2-1.5x, resnet18 1.0-1.3x,
+    efficientnet_b0 1.2x faster, while ConvNeXt (channel LayerNorm) ran 0.9x. Transformers
+    (``blocks``) stay as they are. The format changes the order of floating-point sums, not
+    the result beyond float32 rounding.
+    """
+    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules()) and not hasattr(model, "blocks")
+    if device.type == "cuda":
+        return convolutional
+    if device.type == "cpu":
+        return convolutional and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    return False

@@ -14,10 +14,8 @@ more than reading it.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import queue
-import sys
 import threading
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from .access import DEFAULT_CACHE_BYTES, cache_bytes
 from .bands import BandSource
 from .chips import ChipBatch, ChipGrid, ReadStats, read_batches, warn_if_empty
 from .grid import Grid
+from .memory import MemoryTrimmer
 from .stack import NativeWindows, stack_series
 
 
@@ -92,36 +91,6 @@ class FeedSpec:
         return max(DEFAULT_CACHE_BYTES, 2 * getattr(data, "tile_row_bytes", 0))
 
 
-# Batches between two ``return_freed_memory`` calls (each costs microseconds; every 16 still
-# let peak RSS wander by 70 MiB on an 8192 px item).
-TRIM_EVERY = 4
-
-
-def return_freed_memory() -> None:
-    """Give the pages of freed batches back to the system (glibc's ``malloc_trim``).
-
-    Batches are megabyte arrays allocated and freed over and over. Once glibc has raised its
-    mmap threshold above their size they come from the heap, whose free holes it keeps: peak
-    RSS of an 8192 px item varied from 1.09 to 1.39 GiB between identical runs. Not tuned
-    with ``mallopt`` instead, because a low fixed mmap threshold slowed torch's own
-    allocations. A no-op where the C library is not glibc.
-    """
-    if _malloc_trim is not None:
-        _malloc_trim(0)
-
-
-def _glibc_malloc_trim():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_malloc_trim = _glibc_malloc_trim()
-
-
 def feed(spec: FeedSpec, depth: int = 2) -> Iterator[ChipBatch]:
     """``spec``'s batches, read ``depth`` ahead in a background thread (0: in line).
 
@@ -129,11 +98,11 @@ def feed(spec: FeedSpec, depth: int = 2) -> Iterator[ChipBatch]:
     """
     stats = ReadStats()
     source = prefetch(spec.batches(stats), depth)
+    trimmer = MemoryTrimmer()
     with closing(source):
-        for count, batch in enumerate(source, start=1):
+        for batch in source:
             yield batch
-            if count % TRIM_EVERY == 0:
-                return_freed_memory()
+            trimmer.check()
     if spec.rows is None:
         warn_if_empty(spec.series[0][0].id, spec.chip_grid, spec.min_valid, stats)
 

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import duckdb
 import geopandas as gpd
+import numpy as np
 import pystac
 import pytest
 import rasterio
-import stac_geoparquet.arrow
 import pyarrow.parquet as pq
+import stac_geoparquet.arrow
 
 from stac_validation import validate_tree
 
@@ -111,6 +112,14 @@ def test_geoparquet_reads_in_geopandas_and_duckdb(sample_run):
     assert {"platform", "instruments", "start_datetime", "source_item", "valid_fraction"} <= set(table.columns)
     count, dims = duckdb.sql(f"select count(*), max(len(embedding)) from '{parquet}'").fetchall()[0]
     assert (count, dims) == (len(table), 96)
+    # float32 embeddings are BYTE_STREAM_SPLIT encoded, without a dictionary: DuckDB reads the same values
+    group = pq.ParquetFile(parquet).metadata.row_group(0)
+    (column,) = [group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema.startswith("embedding")]
+    assert column.path_in_schema == "embedding.list.element" and "BYTE_STREAM_SPLIT" in column.encodings
+    assert not column.has_dictionary_page
+    ducked = duckdb.sql(f"select embedding from '{parquet}' order by chip_row, chip_col").fetchnumpy()["embedding"]
+    ordered = table.sort_values(["chip_row", "chip_col"]).embedding
+    np.testing.assert_array_equal(np.stack(ducked), np.stack(ordered.to_numpy()))
     meta = json.loads(pq.ParquetFile(parquet).metadata.metadata[b"geo"])
     assert len(meta["columns"]["geometry"]["bbox"]) == 4
     assert json.loads(pq.read_schema(parquet).metadata[b"geo"])["primary_column"] == "geometry"

@@ -17,7 +17,7 @@ import torch
 from stacembed import RunConfig, run
 from stacembed.access import DEFAULT_CACHE_BYTES
 from stacembed.bands import BandSource
-from stacembed.embed import Embedder, configure_threads, default_prefetch, usable_cores
+from stacembed.embed import Embedder, configure_threads, default_prefetch, prefers_channels_last, usable_cores
 from stacembed.errors import ConfigError
 from stacembed.feed import FeedSpec, prefetch
 from stacembed.grid import read_grid
@@ -82,6 +82,34 @@ def test_thread_setup_and_batch_size_defaults_on_the_cpu():
         torch.set_num_threads(before)
     embedder = Embedder.from_card(resolve_card("stacembed-demo-landsat"), None, torch.device("cpu"))
     assert embedder.auto_batch_size(default=16) == 16
+
+
+@pytest.mark.parametrize("name, cpu, cuda", [
+    ("test_resnet", True, True),  # conv + batch norm: NHWC on both
+    ("convnext_atto", False, True),  # channel LayerNorm: slower in NHWC on the CPU
+    ("vit_tiny_patch16_224", False, False),  # a transformer
+])
+def test_memory_format_follows_the_architecture_and_device(name, cpu, cuda):
+    import timm
+
+    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=6)
+    assert prefers_channels_last(model, torch.device("cpu")) is cpu
+    assert prefers_channels_last(model, torch.device("cuda")) is cuda
+    assert prefers_channels_last(model, torch.device("mps")) is False
+
+
+def test_channels_last_on_the_cpu_gives_the_contiguous_forward_pass():
+    card = resolve_card("stacembed-demo-landsat")
+    embedder = Embedder.from_card(card, None, torch.device("cpu"))
+    assert embedder.channels_last
+    x = np.random.default_rng(1).normal(0.2, 0.05, (5, 6, 64, 64)).astype("float32")
+    x[0, :, :10, :10] = np.nan
+    got = embedder(x)
+    plain = Embedder.from_card(card, None, torch.device("cpu"))
+    plain.channels_last = False
+    plain.model = plain.model.to(memory_format=torch.contiguous_format)
+    assert got.flags.c_contiguous
+    np.testing.assert_allclose(got, plain(x), rtol=1e-4, atol=1e-5)
 
 
 def test_reading_ahead_or_in_line_gives_the_same_files(tmp_path):
