@@ -60,3 +60,20 @@ def test_read_batches_pads_edges_and_applies_min_valid():
     edge = next(p for b in everything for c, p in zip(b.chips, b.pixels) if (c.row, c.col) == (2, 3))
     np.testing.assert_array_equal(edge[:, :6, :4], data[:, 64:70, 96:100])
     assert np.isnan(edge[:, 6:, :]).all() and np.isnan(edge[:, :, 4:]).all()
+
+
+def test_valid_fractions_match_each_chip_counted_on_its_own():
+    rng = np.random.default_rng(3)
+    data = rng.random((3, 70, 100)).astype("float32")
+    data[rng.random(data.shape) < 0.2] = np.nan  # scattered gaps in single bands
+    data[:, 40:55, 20:90] = np.nan
+    stack = xr.DataArray(data, dims=("band", "y", "x"))
+    for size, stride in ((32, 32), (32, 12), (16, 16)):
+        chips = ChipGrid(GRID, size=size, stride=stride)
+        for batch in read_batches(stack, chips, batch_size=4, min_valid=0.0):
+            for chip, fraction in zip(batch.chips, batch.valid_fraction):
+                r, c = chip.window.row_off, chip.window.col_off
+                window = np.full((3, size, size), np.nan, "float32")
+                part = data[:, r:r + size, c:c + size]
+                window[:, :part.shape[1], :part.shape[2]] = part
+                assert fraction == np.float32(np.isfinite(window).all(axis=0).mean()), (size, stride, chip)

@@ -104,7 +104,9 @@ def test_channels_last_on_the_cpu_gives_the_contiguous_forward_pass():
     assert embedder.channels_last
     x = np.random.default_rng(1).normal(0.2, 0.05, (5, 6, 64, 64)).astype("float32")
     x[0, :, :10, :10] = np.nan
+    before = x.copy()
     got = embedder(x)
+    np.testing.assert_array_equal(x, before)  # scaling and NaN filling work on the engine's own copy
     plain = Embedder.from_card(card, None, torch.device("cpu"))
     plain.channels_last = False
     plain.model = plain.model.to(memory_format=torch.contiguous_format)

@@ -44,11 +44,16 @@ class ValueScaling:
         return ValueScaling(*(t.to(device) for t in (self.shift, self.divisor, self.low, self.high)))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` scaled, as a new tensor."""
+        return self.apply_(x.clone())
+
+    def apply_(self, x: torch.Tensor) -> torch.Tensor:
+        """Scale ``x`` in place (the engine's own copy of a batch: no pass allocates) and return it."""
         shape = (1, -1) + (1,) * (x.ndim - 2)  # bands on axis 1, broadcast over the rest
         if self.affine:
-            x = (x - self.shift.view(shape)) / self.divisor.view(shape)
-        if self.clamps:  # maximum/minimum propagate NaN, as clamp does
-            x = torch.minimum(torch.maximum(x, self.low.view(shape)), self.high.view(shape))
+            x.sub_(self.shift.view(shape)).div_(self.divisor.view(shape))
+        if self.clamps:  # NaN stays NaN
+            x.clamp_(min=self.low.view(shape), max=self.high.view(shape))
         return x
 
 
