@@ -63,8 +63,9 @@ def default_prefetch(device: torch.device) -> int:
     """Batches to read ahead when ``--prefetch`` is not given: 2 when the model leaves the reader
     thread something to run on (a GPU, or fewer torch threads than cores), else 0 (in line).
 
-    Measured on 2 CPUs with torch on both: reading in line ran the demo model end to end 1.2x
-    faster than a reader thread, which competed with torch's threads for cores and the GIL.
+    Measured on 2 CPUs with torch on both: reading in line was as fast or faster (demo model
+    1.07x, resnet18 equal, medians of 6 alternating runs); a reader thread has no idle core to
+    run on, and competes with torch's threads for cores and the GIL.
     """
     return 2 if device.type != "cpu" or torch.get_num_threads() < usable_cores() else 0
 
