@@ -7,9 +7,9 @@ in a background thread, or in line between forward passes when ``depth`` is 0.
 Measured on 2 CPUs (benchmarks/): reading ahead pays when something leaves the reader a
 core, a GPU or a model on fewer threads than cores. When torch's threads take every core, a
 reader thread competes with them for cores and the GIL and slowed a small model's forward
-passes (by 7-25% between measurements), so reads then run in line (``embed.default_prefetch``). A reader
-process (torch DataLoader) was slower still: moving each batch through shared memory cost
-more than reading it.
+passes (by 7-25% between measurements), so reads then run in line
+(``embed.default_prefetch``). A reader process (torch DataLoader) was slower still: moving
+each batch through shared memory cost more than reading it.
 """
 
 from __future__ import annotations
