@@ -112,10 +112,10 @@ def test_geoparquet_reads_in_geopandas_and_duckdb(sample_run):
     assert {"platform", "instruments", "start_datetime", "source_item", "valid_fraction"} <= set(table.columns)
     count, dims = duckdb.sql(f"select count(*), max(len(embedding)) from '{parquet}'").fetchall()[0]
     assert (count, dims) == (len(table), 96)
-    # float32 embeddings are BYTE_STREAM_SPLIT encoded, without a dictionary: DuckDB reads the same values
+    # embeddings are PLAIN encoded, without a dictionary: DuckDB reads the same values
     group = pq.ParquetFile(parquet).metadata.row_group(0)
     (column,) = [group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema.startswith("embedding")]
-    assert column.path_in_schema == "embedding.list.element" and "BYTE_STREAM_SPLIT" in column.encodings
+    assert column.path_in_schema == "embedding.list.element" and "PLAIN" in column.encodings
     assert not column.has_dictionary_page
     ducked = duckdb.sql(f"select embedding from '{parquet}' order by chip_row, chip_col").fetchnumpy()["embedding"]
     ordered = table.sort_values(["chip_row", "chip_col"]).embedding
