@@ -24,7 +24,7 @@ from .errors import ConfigError, ModelError
 from .models import ModelCard, create_backbone
 from .models.pooling import FeatureModel
 from .models.scaling import ValueScaling
-from .models.weights import load_artifact, load_weights
+from .models.weights import create_with_weights, load_artifact
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -132,13 +132,13 @@ class Embedder:
         into the card's architecture from the registry.
         """
         model = load_artifact(weights, card.artifact_type) if weights is not None else None
-        if model is None:
+        if model is None and weights is not None:
+            model = create_with_weights(card, weights)
+        elif model is None:
             # Untrained on request: seeded, so that reruns (and resumed runs) agree.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 model = create_backbone(card)
-            if weights is not None:
-                load_weights(model, weights)
         return cls(card, model, device, **options)
 
     def preprocess(self, pixels: np.ndarray) -> torch.Tensor:

@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 
 from stacembed.embed import Embedder
 from stacembed.errors import ModelError
-from stacembed.models import ModelCard, create_backbone, list_cards, resolve_card
+from stacembed.models import ModelCard, create_backbone, list_cards, register_architecture, resolve_card
 from stacembed.models.scaling import apply_value_scaling
-from stacembed.models.weights import load_weights, resolve_weights
+from stacembed.models.weights import create_with_weights, load_weights, resolve_weights
 
 from conftest import DEMO_CARD
 
@@ -102,6 +102,66 @@ def test_mismatched_weights_are_an_error(tmp_path):
     save_file(other.state_dict(), str(tmp_path / "rgb.safetensors"))
     with pytest.raises(ModelError, match="do not fit the model"):
         load_weights(_model(), tmp_path / "rgb.safetensors")
+
+
+def _card(architecture: str, embedding: int) -> ModelCard:
+    data = card_dict()
+    data["properties"]["mlm:architecture"] = architecture
+    data["properties"]["mlm:output"][0]["result"]["shape"] = [-1, embedding]
+    return ModelCard.from_item(data, "card.json")
+
+
+def test_weights_load_into_a_model_built_without_initialising_it(tmp_path, monkeypatch):
+    card = resolve_card("stacembed-demo-landsat")
+    torch.manual_seed(5)
+    source = _model()
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in source.state_dict().items()}
+    save_file(half, str(tmp_path / "half.safetensors"))
+    inits = []
+    monkeypatch.setattr(torch.nn.init, "kaiming_normal_", lambda t, *a, **k: inits.append(t) or t)
+    model = create_with_weights(card, tmp_path / "half.safetensors")
+    assert inits and all(t.is_meta for t in inits)  # timm's init ran on shapes only, no values
+    for name, tensor in model.state_dict().items():
+        assert not tensor.is_meta, name
+        assert tensor.dtype == source.state_dict()[name].dtype  # the model's dtypes, not the file's
+        torch.testing.assert_close(tensor, half[name].to(tensor.dtype), rtol=0, atol=0)
+    ordinary = _model()
+    load_weights(ordinary, tmp_path / "half.safetensors")
+    x = torch.randn(2, 6, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(model.eval()(x), ordinary.eval()(x), rtol=0, atol=0)
+
+
+def test_models_that_need_real_tensors_to_be_built_are_built_the_ordinary_way(tmp_path):
+    class Tabled(torch.nn.Module):  # a non-persistent buffer: no checkpoint holds it
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(6, 8)
+            self.register_buffer("table", torch.arange(8.0), persistent=False)
+
+        def forward(self, x):
+            return self.proj(x.mean(dim=(2, 3))) + self.table
+
+    class Counted(Tabled):  # computes with a real value while being built
+        def __init__(self):
+            super().__init__()
+            self.steps = int(torch.ones(3).sum().item())
+
+    for name, cls in (("test-tabled", Tabled), ("test-counted", Counted)):
+        register_architecture(name)(lambda card, cls=cls: cls())
+        source = cls()
+        save_file(source.state_dict(), str(tmp_path / f"{name}.safetensors"))
+        model = create_with_weights(_card(name, 8), tmp_path / f"{name}.safetensors")
+        assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+        torch.testing.assert_close(model.table, torch.arange(8.0))
+        torch.testing.assert_close(model.proj.weight, source.proj.weight, rtol=0, atol=0)
+
+
+def test_mismatched_weights_are_an_error_on_the_meta_path_too(tmp_path):
+    other = timm.create_model("test_resnet", pretrained=False, in_chans=3, num_classes=0)
+    save_file(other.state_dict(), str(tmp_path / "rgb.safetensors"))
+    with pytest.raises(ModelError, match="do not fit the model"):
+        create_with_weights(resolve_card("stacembed-demo-landsat"), tmp_path / "rgb.safetensors")
 
 
 def test_checksum_mismatch_of_local_weights(tmp_path):

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .card import ModelCard
+from .registry import create_backbone
 
 RANDOM = "random"
 
@@ -193,22 +194,58 @@ def load_artifact(path: Path, declared: str | None = None) -> nn.Module | None:
     return None
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def load_weights(model: nn.Module, path: Path, *, assign: bool = False) -> None:
     """Load ``path`` into ``model``, strictly: a key or shape mismatch is an error, not a guess.
 
     A backbone whose official checkpoints hold more than it needs (e.g. an MAE's decoder)
     provides ``checkpoint_filter(state_dict)``, as timm models do, to select its own keys.
+    ``assign`` hands the checkpoint's tensors to the model (cast to its dtypes) instead of
+    copying them into its own: for a model built on the meta device.
     """
     state = load_state_dict(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     checkpoint_filter = getattr(model, "checkpoint_filter", None)
     if callable(checkpoint_filter):
         state = checkpoint_filter(state)
+    if assign:
+        expected = model.state_dict()
+        state = {k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()}
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as exc:
         first = str(exc).splitlines()
         raise ModelError(f"weights {path} do not fit the model: {' '.join(first[:2])[:300]}") from None
+
+
+def create_with_weights(card: ModelCard, path: Path) -> nn.Module:
+    """The card's network holding the weights in ``path``, without a random initialisation.
+
+    The network is built on torch's meta device (shapes only: no memory, no init) and then
+    given the checkpoint's tensors. The initialisation this skips is thrown away anyway, and
+    costs: 10 s for a ViT-L on 2 cores (0.35 s this way), and twice the model's memory. A
+    network that needs real tensors to be built, or keeps tensors no checkpoint holds
+    (non-persistent buffers, e.g. Swin's relative position index), is built the ordinary way.
+    """
+    try:
+        with torch.device("meta"):
+            model = create_backbone(card)
+    except ModelError:
+        raise
+    except Exception:  # construction that computes with real values (``.item()``, numpy)
+        model = None
+    if model is None or any(_non_persistent_buffers(model)):
+        model = create_backbone(card)
+        load_weights(model, path)
+        return model
+    load_weights(model, path, assign=True)
+    return model
+
+
+def _non_persistent_buffers(model: nn.Module):
+    for module in model.modules():
+        for name in module._non_persistent_buffers_set:
+            if getattr(module, name, None) is not None:
+                yield name
 
 
 def file_sha256(path: Path) -> str:
