@@ -115,6 +115,8 @@ class CogWriter:
             rasterio.shutil.copy(
                 source, tmp, driver="COG", compress="DEFLATE", predictor="YES",
                 blocksize=_block(max(self.grid.width, self.grid.height)), bigtiff="IF_SAFER",
+                # the item's forward passes are over: compress its tiles on every core
+                num_threads="ALL_CPUS",
             )
         finally:
             gdal_log.removeFilter(_small_blocksize)
