@@ -131,14 +131,15 @@ class Embedder:
         TorchScript and torch.export artifacts are the model itself; other weights are loaded
         into the card's architecture from the registry.
         """
-        model = load_artifact(weights, card.artifact_type) if weights is not None else None
-        if model is None and weights is not None:
-            model = create_with_weights(card, weights)
-        elif model is None:
+        if weights is None:
             # Untrained on request: seeded, so that reruns (and resumed runs) agree.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 model = create_backbone(card)
+        else:
+            model = load_artifact(weights, card.artifact_type)
+            if model is None:
+                model = create_with_weights(card, weights)
         return cls(card, model, device, **options)
 
     def preprocess(self, pixels: np.ndarray) -> torch.Tensor:
