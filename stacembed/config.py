@@ -81,6 +81,7 @@ class RunConfig:
     precision: str = "fp32"
     compile: bool = False
     threads: int | None = None
+    streams: int | None = None
     reader_threads: int = 1
     prefetch: int | None = None
     dask_address: str | None = None
@@ -108,8 +109,8 @@ class RunConfig:
             raise ConfigError("--publish needs --asset-base-href: where the API's users can fetch the files")
         if self.max_items is not None and self.max_items < 1:
             raise ConfigError(f"--max-items must be >= 1, got {self.max_items}")
-        for name in ("chip_size", "stride", "batch_size", "page_size", "time_steps", "threads", "reader_threads", "workers",
-                     "tile_chips"):
+        for name in ("chip_size", "stride", "batch_size", "page_size", "time_steps", "threads", "streams",
+                     "reader_threads", "workers", "tile_chips"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -226,6 +227,7 @@ def _coerce(key: str, value: Any, filter_lang: str | None = None) -> Any:
         "stride": int,
         "batch_size": int,
         "threads": int,
+        "streams": int,
         "reader_threads": int,
         "prefetch": int,
         "workers": int,

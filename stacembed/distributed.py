@@ -46,7 +46,9 @@ PLUGIN = "stacembed-embedder"
 
 
 class EmbedderPlugin(WorkerPlugin):
-    """Builds the run's model once per worker process, with ``threads`` torch threads."""
+    """Builds the run's model once per worker process, with ``threads`` torch threads and one
+    forward pass at a time unless ``--streams`` says otherwise (the cluster's parallelism is
+    its workers and their task threads)."""
 
     name = PLUGIN
 
@@ -56,7 +58,8 @@ class EmbedderPlugin(WorkerPlugin):
         self.embedder = None
 
     def setup(self, worker) -> None:
-        self.embedder, _ = load_embedder(self.prepared, threads=self.threads)
+        streams = self.prepared.config.streams or 1
+        self.embedder, _ = load_embedder(self.prepared, threads=self.threads, streams=streams)
 
     def teardown(self, worker) -> None:
         self.embedder = None

@@ -8,18 +8,17 @@ Measured on 2 CPUs (benchmarks/): reading ahead pays when something leaves the r
 core, a GPU or a model on fewer threads than cores. When torch's threads take every core, a
 reader thread competes with them for cores and the GIL and slowed a small model's forward
 passes (by 7-25% between measurements), so reads then run in line
-(``embed.default_prefetch``). A reader process (torch DataLoader) was slower still: moving
+(``embed.default_prefetch``), overlapping with the forward passes of other streams when there
+are several (``embed.default_streams``). A reader process (torch DataLoader) was slower still: moving
 each batch through shared memory cost more than reading it.
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Iterator
 
 import dask
 import pystac
@@ -28,6 +27,7 @@ import rasterio
 from .access import DEFAULT_CACHE_BYTES, cache_bytes
 from .bands import BandSource
 from .chips import ChipBatch, ChipGrid, ReadStats, read_batches, warn_if_empty
+from .concurrency import prefetch
 from .grid import Grid
 from .memory import MemoryTrimmer
 from .stack import NativeWindows, stack_series
@@ -113,45 +113,3 @@ def reader_scheduler(threads: int) -> Iterator[None]:
     machines: no task-graph thread hand-offs), or in a dask pool of ``threads``."""
     with dask.config.set(scheduler="synchronous") if threads <= 1 else dask.config.set(num_workers=threads):
         yield
-
-
-T = TypeVar("T")
-
-
-def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Iterate ``items`` produced ``depth`` ahead in a background thread (errors re-raised here)."""
-    if depth < 1:
-        yield from items
-        return
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            slots.put((done, None))
-        except BaseException as exc:  # handed to the consumer, which raises it
-            slots.put((done, exc))
-
-    worker = threading.Thread(target=produce, name="stacembed-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, error = slots.get()
-            if error is not None:
-                raise error
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        worker.join(timeout=5)

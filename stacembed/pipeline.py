@@ -26,7 +26,8 @@ from .access import redact
 from .bands import match_bands
 from .chips import ChipBatch, ChipGrid, check_patch_tiling
 from .config import RunConfig
-from .embed import Embedder, configure_threads, default_prefetch, select_device
+from .concurrency import ordered_map
+from .embed import Embedder, configure_threads, default_prefetch, default_streams, select_device
 from .errors import OutputError
 from .feed import FeedSpec, feed
 from .grid import Grid
@@ -62,6 +63,7 @@ class RunSummary:
     items_resumed: list[str] = field(default_factory=list)
     chips: int = 0
     published: int = 0
+    streams: int = 1  # forward passes that ran at once (``--streams``)
 
     def record(self, item_id: str, chips: int | None) -> None:
         """Count an item as embedded (``chips``) or as found finished already (None)."""
@@ -183,14 +185,21 @@ def short_switch_interval(seconds: float = 0.0002) -> Iterator[None]:
         sys.setswitchinterval(previous)
 
 
-def load_embedder(prepared: Run, device: str | None = None, threads: int | None = None) -> tuple[Embedder, Path | None]:
-    """The run's model, ready for inference, and the weights file it was loaded from."""
+def load_embedder(prepared: Run, device: str | None = None, threads: int | None = None,
+                  streams: int | None = None) -> tuple[Embedder, Path | None]:
+    """The run's model, ready for inference, and the weights file it was loaded from.
+
+    ``threads`` and ``streams`` override the config's (a cluster worker's share of the cores).
+    """
     config = prepared.config
     weights = resolve_weights(prepared.card, config.weights, offline=config.offline)
-    configure_threads(threads or config.threads, config.reader_threads)
+    target = select_device(device or config.device)
+    threads = threads or config.threads
+    streams = streams or config.streams or default_streams(target, threads, config.compile)
+    configure_threads(threads, config.reader_threads, streams)
     embedder = Embedder.from_card(
-        prepared.card, weights, select_device(device or config.device), pooling=config.pooling, layer=config.layer,
-        chip_size=prepared.chip_size, time_steps=config.time_steps, precision=config.precision, compile=config.compile,
+        prepared.card, weights, target, pooling=config.pooling, layer=config.layer, chip_size=prepared.chip_size,
+        time_steps=config.time_steps, precision=config.precision, compile=config.compile, streams=streams,
     )
     return embedder, weights
 
@@ -232,13 +241,19 @@ def embedded_batches(plan: ItemPlan, run: Run, embedder: Embedder,
                      rows: range | None = None) -> Iterator[tuple[ChipBatch, np.ndarray]]:
     """``(batch, embeddings)`` of the item's chips (or of chip rows ``rows``), in row order.
 
-    Reads run ``--prefetch`` batches ahead in a thread while the model works (see ``feed``).
+    The model works on ``embedder.streams`` batches at once, while this thread reads the next
+    ones (or a thread reads ``--prefetch`` batches ahead; see ``feed``).
     """
-    depth = run.config.prefetch if run.config.prefetch is not None else default_prefetch(embedder.device)
+    depth = run.config.prefetch
+    if depth is None:
+        depth = default_prefetch(embedder.device, embedder.streams)
+
+    def embed(batch: ChipBatch) -> tuple[ChipBatch, np.ndarray]:
+        context = chip_context(embedder.context_inputs, plan.series, plan.chip_grid, batch.chips)
+        return batch, embedder(batch.pixels, context)
+
     with closing(feed(run.feed_spec(plan, rows), depth)) as batches:
-        for batch in batches:
-            context = chip_context(embedder.context_inputs, plan.series, plan.chip_grid, batch.chips)
-            yield batch, embedder(batch.pixels, context)
+        yield from ordered_map(embed, batches, embedder.streams)
 
 
 def output_dirs(prepared: Run) -> list[Path]:
@@ -269,7 +284,7 @@ def _embed_all(prepared: Run) -> RunSummary:
     prepared.batch_size = config.batch_size or embedder.auto_batch_size()
     provenance = describe_run(prepared, embedder, weights)
     created = output_dirs(prepared)
-    summary = RunSummary(config.out, None, prepared.collection_id)
+    summary = RunSummary(config.out, None, prepared.collection_id, streams=embedder.streams)
     show = config.progress and sys.stderr.isatty()
     try:
         for series in tqdm(prepared.series, desc="items", unit="item", disable=not show):

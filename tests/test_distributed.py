@@ -30,7 +30,9 @@ def embeddings(out: Path) -> dict[str, np.ndarray]:
 
 def test_two_workers_match_one_process_and_survive_a_killed_worker(synthetic_catalog, tmp_path):
     catalog = synthetic_catalog("1.1", n_items=4, shape=(70, 90))
-    common = dict(catalog=str(catalog), weights="random", formats=("geoparquet", "geotiff"), progress=False)
+    # One torch thread on both sides: torch's float sums depend on how a pass is split over
+    # threads, so bit-for-bit comparisons need the same split (--threads).
+    common = dict(catalog=str(catalog), weights="random", formats=("geoparquet", "geotiff"), threads=1, progress=False)
     single = run(RunConfig(out=tmp_path / "single", **common))
     expected = embeddings(tmp_path / "single")
     assert len(expected) == 4 == len(single.items_done)
@@ -102,7 +104,10 @@ def test_large_items_split_into_tiles_give_single_process_files_and_survive_a_ki
     # 7 x 5 chips of 32 px per item; --tile-chips 10 makes 4 tile tasks and a merge per item.
     catalog = synthetic_catalog("1.1", n_items=2, shape=(200, 150), nodata=0, nodata_rows=40)
     common = dict(catalog=str(catalog), weights="random", chip_size=32, formats=("geoparquet", "geotiff"),
-                  dtype="int8", progress=False)
+                  dtype="int8", threads=1, batch_size=5, progress=False)
+    # The same thread split (see above), and batches of one chip row, so that the tiles (bands of
+    # whole chip rows) put each chip in the same batch as the single run does: bit-for-bit
+    # equality needs both, as torch's kernels may sum differently for another batch size.
     run(RunConfig(out=tmp_path / "single", **common))
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:

@@ -17,9 +17,12 @@ import torch
 from stacembed import RunConfig, run
 from stacembed.access import DEFAULT_CACHE_BYTES
 from stacembed.bands import BandSource
-from stacembed.embed import Embedder, configure_threads, default_prefetch, prefers_channels_last, usable_cores
+from stacembed.embed import (
+    MAX_STREAMS, Embedder, configure_threads, default_prefetch, default_streams, prefers_channels_last, usable_cores,
+)
 from stacembed.errors import ConfigError
-from stacembed.feed import FeedSpec, prefetch
+from stacembed.concurrency import ordered_map, prefetch
+from stacembed.feed import FeedSpec
 from stacembed.grid import read_grid
 from stacembed.stack import NativeWindows
 from stacembed.models import resolve_card
@@ -56,6 +59,83 @@ def test_prefetch_reraises_errors_and_stops_when_the_consumer_stops():
     time.sleep(0.3)
     assert threading.active_count() <= started
     assert list(prefetch([1, 2, 3], depth=0)) == [1, 2, 3]
+
+
+def test_ordered_map_runs_items_side_by_side_in_order_with_a_bounded_number_in_flight():
+    both_running = threading.Barrier(2, timeout=5)  # passes only if two calls run at the same time
+    pulled, finished = [], []
+
+    def source():
+        for i in range(12):
+            pulled.append(i)
+            yield i
+
+    def work(i):
+        if i < 2:
+            both_running.wait()
+        time.sleep(0.01 * (i % 3 == 0))  # finish out of order
+        finished.append(i)
+        return i * i
+
+    results = []
+    for value in ordered_map(work, source(), workers=2):
+        assert len(pulled) - len(results) <= 2 + 1  # workers + 1 submitted and not yet yielded
+        results.append(value)
+    assert results == [i * i for i in range(12)]
+    assert list(ordered_map(lambda i: -i, [1, 2], workers=1)) == [-1, -2]
+
+
+def test_ordered_map_raises_at_the_failing_item_and_cleans_up_on_close():
+    def work(i):
+        if i == 3:
+            raise ValueError("bad batch")
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="bad batch"):
+        for value in ordered_map(work, range(10), workers=2):
+            got.append(value)
+    assert got == [0, 1, 2]  # everything before the failure, in order
+
+    started = threading.active_count()
+    endless = ordered_map(lambda i: i, iter(range(10**9)), workers=2)
+    assert next(endless) == 0
+    endless.close()  # the consumer stops: no thread is left running
+    time.sleep(0.2)
+    assert threading.active_count() <= started
+
+
+def test_streams_split_the_cores_and_each_forward_pass_gets_its_share():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert default_streams(cpu) == min(MAX_STREAMS, usable_cores())
+    assert default_streams(cuda) == 1 and default_streams(cpu, threads=2) == 1 and default_streams(cpu, compile=True) == 1
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(None, streams=2) == max(1, usable_cores() // 2)
+        torch.set_num_threads(1)
+        # torch's thread count reaches the stream threads: each pass runs on one thread, not on all cores.
+        assert set(ordered_map(lambda _: torch.get_num_threads(), range(8), workers=2)) == {1}
+        assert default_prefetch(cpu, streams=usable_cores()) == 0  # every core has a stream: read in line
+    finally:
+        torch.set_num_threads(before)
+    card = resolve_card("stacembed-demo-landsat")
+    model = torch.nn.Identity()
+    with pytest.raises(ConfigError, match="--streams above 1 .* device cuda"):
+        Embedder(card, model, cuda, streams=2)
+    with pytest.raises(ConfigError, match="--streams above 1 .* --compile"):
+        Embedder(card, model, cpu, streams=2, compile=True)
+
+
+def test_concurrent_forward_passes_give_the_files_of_one_at_a_time(tmp_path):
+    sample = Path(__file__).parent.parent / "catalogs" / "sample" / "catalog.json"
+    tables = {}
+    for streams in (1, 2):
+        out = tmp_path / f"streams-{streams}"
+        run(RunConfig(out=out, catalog=str(sample), streams=streams, threads=1, batch_size=3,
+                      formats=("geoparquet",), progress=False))
+        tables[streams] = {p.name: pq.read_table(p) for p in out.glob("*/*/*.parquet")}
+    assert tables[1].keys() == tables[2].keys() and len(tables[1]) == 4
+    assert all(tables[1][name].equals(tables[2][name]) for name in tables[1])
 
 
 def test_bf16_autocast_on_the_cpu_is_close_to_fp32_and_fp16_needs_cuda():

@@ -1,0 +1,85 @@
+"""Iteration helpers that run work in threads while keeping order and bounded memory.
+
+``prefetch`` produces items ahead of the consumer in one background thread (reads ahead of
+the model). ``ordered_map`` applies a function to items in a pool of threads and yields the
+results in the items' order (forward passes of several batches at once, "inference streams").
+Both hold a fixed number of items in flight, so memory does not grow with the input.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1) -> Iterator[R]:
+    """``fn(item)`` for each item, computed by ``workers`` threads, yielded in order.
+
+    ``items`` is iterated here, in the caller's thread (so a reader there overlaps with the
+    workers); at most ``workers + 1`` items are submitted and not yet yielded. An exception
+    from ``fn`` is raised here, at its item's turn; work not yet started is cancelled.
+    With one worker, everything runs in line.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pending: collections.deque[Future] = collections.deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="stacembed-stream") as pool:
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+T = TypeVar("T")
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` produced ``depth`` ahead in a background thread (errors re-raised here)."""
+    if depth < 1:
+        yield from items
+        return
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((done, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            slots.put((done, exc))
+
+    worker = threading.Thread(target=produce, name="stacembed-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
