@@ -6,8 +6,8 @@ Handles both STAC dialects: 1.0 (``eo:bands`` / ``raster:bands``) and 1.1 (``ban
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import pystac
 
@@ -28,13 +28,26 @@ class BandSource:
     scale: float = 1.0
     offset: float = 0.0
     nodata: float | None = None
+    described: bool = False  # the item states scale or offset (else 1 and 0 are defaults)
 
 
-def match_bands(item: pystac.Item, names: list[str], aliases: Mapping[str, str] = {}) -> list[BandSource]:
+class ValueRule(Protocol):
+    """A catalog preset's scale/offset for assets whose items state none (``resolve.presets``)."""
+
+    scale: float
+    offset: float
+
+    def applies(self, properties: Mapping[str, Any], asset_key: str) -> bool: ...
+
+
+def match_bands(item: pystac.Item, names: list[str], aliases: Mapping[str, str] = {},
+                value_rules: Sequence[ValueRule] = ()) -> list[BandSource]:
     """Find each model band in ``item``; error naming every missing band and what is there.
 
     ``aliases`` maps a model band name to an asset key (from a catalog preset or ``--band``);
-    it is tried first, so a collection with unusual asset keys still matches.
+    it is tried first, so a collection with unusual asset keys still matches. A band whose
+    item states no scale or offset takes them from the first of ``value_rules`` that applies;
+    what an item states always wins.
     """
     candidates = list(_band_candidates(item))
     lowered = {k.lower(): v for k, v in aliases.items()}
@@ -46,7 +59,7 @@ def match_bands(item: pystac.Item, names: list[str], aliases: Mapping[str, str] 
         if source is None:
             missing.append(name)
         else:
-            found.append(source)
+            found.append(_with_rule(source, item, value_rules))
     if missing:
         available = sorted({label for _, labels in candidates for label in labels})
         raise BandError(
@@ -56,16 +69,20 @@ def match_bands(item: pystac.Item, names: list[str], aliases: Mapping[str, str] 
     return found
 
 
+def _with_rule(source: BandSource, item: pystac.Item, rules: Sequence[ValueRule]) -> BandSource:
+    if source.described:
+        return source
+    rule = next((r for r in rules if r.applies(item.properties, source.asset_key)), None)
+    return replace(source, scale=rule.scale, offset=rule.offset) if rule else source
+
+
 def _best_match(name: str, candidates: list[tuple[BandSource, list[str]]], rename: str | None = None) -> BandSource | None:
     wanted = name.lower()
     # Ranked: asset key, then band name, then common name -- an exact asset key always wins.
     for rank in range(3):
         for source, labels in candidates:
             if len(labels) > rank and labels[rank] == wanted:
-                return BandSource(
-                    rename or name, source.asset_key, source.href, source.index, source.scale,
-                    source.offset, source.nodata,
-                )
+                return replace(source, name=rename or name)
     return None
 
 
@@ -98,14 +115,16 @@ def _source(key: str, asset: pystac.Asset, fields: dict, band: dict, i: int) -> 
         return None
 
     nodata = pick("nodata", "raster:nodata")
+    scale, offset = pick("raster:scale", "scale"), pick("raster:offset", "offset")
     return BandSource(
         name=str(band.get("name") or key),
         asset_key=key,
         href=_absolute_href(asset),
         index=i + 1,
-        scale=float(pick("raster:scale", "scale") or 1.0),
-        offset=float(pick("raster:offset", "offset") or 0.0),
+        scale=float(scale if scale is not None else 1.0),
+        offset=float(offset if offset is not None else 0.0),
         nodata=_nodata_value(nodata),
+        described=scale is not None or offset is not None,
     )
 
 

@@ -111,7 +111,8 @@ def prepare(config: RunConfig) -> Run:
     card = resolve_card(config.model)
     search = Search.from_config(config)
     items = search.items_found()
-    matched = [(item, match_bands(item, list(card.bands), search.band_aliases)) for item in items]
+    matched = [(item, match_bands(item, list(card.bands), search.band_aliases, search.rules_for(item)))
+               for item in items]
     with rasterio.Env(**search.access.gdal_options()):
         series = build_series(matched, config.time_steps)
     chip_size = config.chip_size or card.input_size[0]

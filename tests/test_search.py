@@ -195,3 +195,14 @@ def test_user_band_map_wins_over_the_preset():
     config = RunConfig.from_mapping({"catalog": "earth-search", "collection": "sentinel-2-l2a", "band": ["B04=visual"]},
                                     need_out=False)
     assert Search.from_config(config).band_aliases["B04"] == "visual"
+
+
+def test_preset_search_carries_the_value_rules_of_its_collections():
+    import datetime
+
+    item = pystac.Item("x", None, None, datetime.datetime(2024, 7, 1), {}, collection="sentinel-2-l2a")
+    config = {"catalog": "planetary-computer", "collection": "s2"}
+    rules = Search.from_config(RunConfig.from_mapping(config, need_out=False)).rules_for(item)
+    assert rules and {r.scale for r in rules} == {0.0001} and rules[0].when == ("s2:processing_baseline", "04.00")
+    config["catalog"] = "earth-search"  # its items state raster:scale/offset: no rules
+    assert Search.from_config(RunConfig.from_mapping(config, need_out=False)).rules_for(item) == ()

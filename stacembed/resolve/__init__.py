@@ -16,7 +16,7 @@ from ..access import Access, redact
 from ..errors import ConfigError, ResolveError
 from .files import only_collections, read_item_file
 from .filters import ItemFilter, apply, item_time_range
-from .presets import Preset, find_preset, load_presets
+from .presets import Preset, ValueRule, find_preset, load_presets
 from .static import catalog_items, sample_catalog_href
 
 if TYPE_CHECKING:
@@ -40,6 +40,11 @@ class Search:
     band_aliases: Mapping[str, str] = field(default_factory=dict)
     preset: str | None = None
     page_size: int = 100
+    value_rules: Mapping[str, tuple[ValueRule, ...]] = field(default_factory=dict)  # by collection id
+
+    def rules_for(self, item: pystac.Item) -> tuple[ValueRule, ...]:
+        """The preset's scale/offset rules for ``item``'s collection (for ``bands.match_bands``)."""
+        return self.value_rules.get(item.collection_id or "", ())
 
     def __post_init__(self) -> None:
         given = [name for name in ("api", "catalog", "items") if getattr(self, name)]
@@ -72,6 +77,7 @@ class Search:
             filter=replace(self.filter, collections=collections),
             access=self.access.with_defaults(preset.gdal, preset.signing),
             band_aliases={**aliases, **self.band_aliases},
+            value_rules={c.id: c.values for c in preset.collections.values() if c.values},
         )
 
     @property

@@ -19,10 +19,60 @@ from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
+class ValueRule:
+    """How a collection's stored values become measurements, where its items do not say.
+
+    Some APIs publish items without ``raster:scale``/``raster:offset`` although their pixels
+    are scaled integers (Planetary Computer Sentinel-2 and HLS, USGS LandsatLook). Without the
+    rule, digital numbers would reach a model that expects reflectance: wrong embeddings, and
+    nothing to show it. A rule covers the listed ``assets``; with ``when`` (an item property
+    and the lowest version it applies from) only items at or above that version.
+    """
+
+    assets: tuple[str, ...]
+    scale: float = 1.0
+    offset: float = 0.0
+    when: tuple[str, str] | None = None  # (item property, lowest version)
+
+    def applies(self, properties: Mapping[str, Any], asset_key: str) -> bool:
+        if asset_key not in self.assets:
+            return False
+        if self.when is None:
+            return True
+        name, lowest = self.when
+        value = properties.get(name)
+        return value is not None and _version(value) >= _version(lowest)
+
+    @classmethod
+    def from_mapping(cls, where: str, data: Any) -> "ValueRule":
+        known = {"assets", "scale", "offset", "when"}
+        if not isinstance(data, Mapping) or not data.get("assets") or set(data) - known:
+            raise ConfigError(f"{where}: a values rule needs 'assets' and takes only {', '.join(sorted(known))}")
+        when = data.get("when")
+        if when is not None and (not isinstance(when, Mapping) or set(when) != {"property", "at_least"}):
+            raise ConfigError(f"{where}: 'when' takes exactly 'property' and 'at_least'")
+        return cls(tuple(str(a) for a in data["assets"]), float(data.get("scale", 1.0)), float(data.get("offset", 0.0)),
+                   (str(when["property"]), str(when["at_least"])) if when else None)
+
+
+def _version(value: Any) -> tuple[float, ...]:
+    """``"05.09"`` -> (5, 9): processing baselines and the like, compared number by number."""
+    try:
+        return tuple(float(part) for part in str(value).split("."))
+    except ValueError:
+        return ()
+
+
+@dataclass(frozen=True)
 class PresetCollection:
     id: str
     aliases: tuple[str, ...] = ()
     bands: Mapping[str, str] = field(default_factory=dict)
+    values: tuple[ValueRule, ...] = ()
+
+    def value_rule(self, properties: Mapping[str, Any], asset_key: str) -> ValueRule | None:
+        """The first rule for ``asset_key`` of an item with ``properties``, if any."""
+        return next((r for r in self.values if r.applies(properties, asset_key)), None)
 
 
 @dataclass(frozen=True)
@@ -49,8 +99,12 @@ class Preset:
         if not isinstance(data, Mapping) or not data.get("api"):
             raise ConfigError(f"catalog preset {name!r} needs at least an 'api' URL")
         collections = {
-            cid: PresetCollection(cid, tuple((spec or {}).get("aliases") or ()),
-                                  {str(k): str(v) for k, v in ((spec or {}).get("bands") or {}).items()})
+            cid: PresetCollection(
+                cid, tuple((spec or {}).get("aliases") or ()),
+                {str(k): str(v) for k, v in ((spec or {}).get("bands") or {}).items()},
+                tuple(ValueRule.from_mapping(f"preset {name!r} collection {cid!r}", rule)
+                      for rule in ((spec or {}).get("values") or ())),
+            )
             for cid, spec in (data.get("collections") or {}).items()
         }
         return cls(
