@@ -26,7 +26,7 @@ import rasterio
 
 from .access import DEFAULT_CACHE_BYTES, cache_bytes
 from .bands import BandSource
-from .chips import ChipBatch, ChipGrid, ReadStats, read_batches, warn_if_empty
+from .chips import ChipBatch, ChipGrid, ReadStats, read_batches, run_length, warn_if_empty
 from .concurrency import prefetch
 from .grid import Grid
 from .memory import MemoryTrimmer
@@ -60,9 +60,10 @@ class FeedSpec:
 
     @property
     def chunks(self) -> tuple[int, int]:
-        """Chunk rows aligned with chip rows, chunk columns with one read run of a batch."""
+        """Chunk rows aligned with chip rows, chunk columns with one read run (``run_length``)."""
         grid, size, stride = self.chip_grid.grid, self.chip_grid.size, self.chip_grid.stride
-        width = min(grid.width, stride * self.batch_size + size - stride)
+        chip_bytes = len(self.series[0][1]) * len(self.series) * size * size * 4
+        width = min(grid.width, stride * run_length(self.batch_size, chip_bytes) + size - stride)
         return (min(size, grid.height), max(width, 1))
 
     def batches(self, stats: ReadStats | None = None) -> Iterator[ChipBatch]:

@@ -1,9 +1,11 @@
 import numpy as np
+import pytest
 import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
 
-from stacembed.chips import ChipGrid, read_batches
+from stacembed import chips as chips_module
+from stacembed.chips import ChipGrid, read_batches, run_length
 from stacembed.grid import Grid
 
 GRID = Grid(CRS.from_epsg(32725), Affine(30.0, 0, 500010.0, 0, -30.0, 9100020.0), width=100, height=70)
@@ -43,7 +45,13 @@ def test_embedding_grid_pixels_are_centred_on_chips():
         __import__("rasterio").windows.Window(1, 1, 1, 1)) == same.bounds(same.chip(1, 1))
 
 
-def test_read_batches_pads_edges_and_applies_min_valid():
+@pytest.fixture(params=["runs of a batch", "runs of a chip row"])
+def run_bytes(request, monkeypatch):
+    """Read runs as short as a batch (1 byte: never more than a batch fits) or a whole chip row."""
+    monkeypatch.setattr(chips_module, "RUN_BYTES", 1 if request.param == "runs of a batch" else 2**30)
+
+
+def test_read_batches_pads_edges_and_applies_min_valid(run_bytes):
     data = np.arange(2 * 70 * 100, dtype="float32").reshape(2, 70, 100)
     data[:, :10, :] = np.nan  # a strip without data
     stack = xr.DataArray(data, dims=("band", "y", "x"))
@@ -62,7 +70,7 @@ def test_read_batches_pads_edges_and_applies_min_valid():
     assert np.isnan(edge[:, 6:, :]).all() and np.isnan(edge[:, :, 4:]).all()
 
 
-def test_valid_fractions_match_each_chip_counted_on_its_own():
+def test_valid_fractions_match_each_chip_counted_on_its_own(run_bytes):
     rng = np.random.default_rng(3)
     data = rng.random((3, 70, 100)).astype("float32")
     data[rng.random(data.shape) < 0.2] = np.nan  # scattered gaps in single bands
@@ -77,3 +85,20 @@ def test_valid_fractions_match_each_chip_counted_on_its_own():
                 part = data[:, r:r + size, c:c + size]
                 window[:, :part.shape[1], :part.shape[2]] = part
                 assert fraction == np.float32(np.isfinite(window).all(axis=0).mean()), (size, stride, chip)
+
+
+def test_read_runs_span_a_batch_or_more_as_bytes_allow_and_give_the_same_batches(monkeypatch):
+    assert run_length(16, 6 * 64 * 64 * 4) == 85  # 8 MiB of 6-band 64 px chips
+    assert run_length(16, 13 * 224 * 224 * 4) == 16  # large chips: one batch per run
+    data = np.random.default_rng(4).random((2, 70, 100)).astype("float32")
+    stack = xr.DataArray(data, dims=("band", "y", "x"))
+    grid = ChipGrid(GRID, size=16, stride=8)
+    results = []
+    for limit in (1, 2**30):
+        monkeypatch.setattr(chips_module, "RUN_BYTES", limit)
+        results.append(list(read_batches(stack, grid, batch_size=3, min_valid=0.0)))
+    short, long = results
+    assert [b.chips for b in short] == [b.chips for b in long] and all(len(b.chips) <= 3 for b in long)
+    for a, b in zip(short, long):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        np.testing.assert_array_equal(a.valid_fraction, b.valid_fraction)
