@@ -142,8 +142,8 @@ def read_batches(
     """
     stats = stats if stats is not None else ReadStats()
     kept: list[tuple[Chip, np.ndarray, float]] = []
-    chip_bytes = math.prod(data.shape[:-2]) * chip_grid.size**2 * 4
-    for run in _runs(chip_grid, run_length(batch_size, chip_bytes), rows or range(chip_grid.rows)):
+    length = run_length(batch_size, chip_bytes(math.prod(data.shape[:-2]), chip_grid.size))
+    for run in _runs(chip_grid, length, rows or range(chip_grid.rows)):
         for chip, pixels, fraction in _read_run(data, run, chip_grid.size):
             stats.best_fraction = max(stats.best_fraction, fraction)
             if fraction >= min_valid and fraction > 0:
@@ -163,6 +163,11 @@ def warn_if_empty(item_id: str, chip_grid: ChipGrid, min_valid: float, stats: Re
             "item %r: none of its %d chips has enough valid pixels (--min-valid %g; the best has %.3g), "
             "so its embedding outputs are empty", item_id, len(chip_grid), min_valid, stats.best_fraction,
         )
+
+
+def chip_bytes(layers: int, size: int) -> int:
+    """Bytes of one chip's float32 pixels, ``layers`` = bands x time steps."""
+    return layers * size * size * 4
 
 
 def run_length(batch_size: int, chip_bytes: int) -> int:

@@ -43,9 +43,6 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1) -> I
                 future.cancel()
 
 
-T = TypeVar("T")
-
-
 def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     """Iterate ``items`` produced ``depth`` ahead in a background thread (errors re-raised here)."""
     if depth < 1:

@@ -5,9 +5,9 @@ without data enter the model as 0 *after* value scaling, i.e. the training mean 
 scaling, so that they pull the embedding as little as possible.
 
 Batches arrive from ``feed``. On the CPU, several batches go through the model at once, one
-per thread (``--streams``, ``default_streams``). On CUDA, inputs go through pinned memory with non-blocking copies,
-and ``--precision bf16|fp16`` runs the forward pass under autocast. CNNs run ``channels_last``
-where that measured faster (``prefers_channels_last``).
+per thread (``--streams``, ``default_streams``). On CUDA, inputs go through pinned memory
+with non-blocking copies, and ``--precision bf16|fp16`` runs the forward pass under autocast.
+CNNs run ``channels_last`` where that measured faster (``prefers_channels_last``).
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ Measured on 2 CPUs (benchmarks/): reading ahead pays when something leaves the r
 core, a GPU or a model on fewer threads than cores. When torch's threads take every core, a
 reader thread competes with them for cores and the GIL and slowed a small model's forward
 passes (by 7-25% between measurements), so reads then run in line
-(``embed.default_prefetch``), overlapping with the forward passes of other streams when there
-are several (``embed.default_streams``). A reader process (torch DataLoader) was slower still: moving
-each batch through shared memory cost more than reading it.
+(``embed.default_prefetch``), overlapping with the forward passes of other streams when
+there are several (``embed.default_streams``). A reader process (torch DataLoader) was
+slower still: moving each batch through shared memory cost more than reading it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import rasterio
 
 from .access import DEFAULT_CACHE_BYTES, cache_bytes
 from .bands import BandSource
-from .chips import ChipBatch, ChipGrid, ReadStats, read_batches, run_length, warn_if_empty
+from .chips import ChipBatch, ChipGrid, ReadStats, chip_bytes, read_batches, run_length, warn_if_empty
 from .concurrency import prefetch
 from .grid import Grid
 from .memory import MemoryTrimmer
@@ -62,8 +62,8 @@ class FeedSpec:
     def chunks(self) -> tuple[int, int]:
         """Chunk rows aligned with chip rows, chunk columns with one read run (``run_length``)."""
         grid, size, stride = self.chip_grid.grid, self.chip_grid.size, self.chip_grid.stride
-        chip_bytes = len(self.series[0][1]) * len(self.series) * size * size * 4
-        width = min(grid.width, stride * run_length(self.batch_size, chip_bytes) + size - stride)
+        length = run_length(self.batch_size, chip_bytes(len(self.series[0][1]) * len(self.series), size))
+        width = min(grid.width, stride * length + size - stride)
         return (min(size, grid.height), max(width, 1))
 
     def batches(self, stats: ReadStats | None = None) -> Iterator[ChipBatch]:

@@ -70,10 +70,6 @@ class PresetCollection:
     bands: Mapping[str, str] = field(default_factory=dict)
     values: tuple[ValueRule, ...] = ()
 
-    def value_rule(self, properties: Mapping[str, Any], asset_key: str) -> ValueRule | None:
-        """The first rule for ``asset_key`` of an item with ``properties``, if any."""
-        return next((r for r in self.values if r.applies(properties, asset_key)), None)
-
 
 @dataclass(frozen=True)
 class Preset:
