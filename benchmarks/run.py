@@ -174,13 +174,15 @@ def measure_compute(sub: Subject, chips: int, batch_size: int, threads: int, str
 
     The chips are the item's own pixels, stacked into batches before the clock starts. At most
     ``memory_mb`` of distinct batches are held; beyond that the same batches are used again.
-    ``streams`` batches go through the model at once, as in the run (``ordered_map``).
+    ``streams`` batches go through the model at once, with as many queued, as in the run
+    (``ordered_map``, ``FeedSpec.ahead``).
     """
     import numpy as np
     import torch
 
     from stacembed.concurrency import ordered_map
     from stacembed.embed import Embedder
+    from stacembed.feed import AHEAD_BYTES
 
     torch.set_num_threads(threads)
     embedder = Embedder.from_card(sub.card, sub.weights, torch.device("cpu"), chip_size=sub.chip, streams=streams)
@@ -197,7 +199,8 @@ def measure_compute(sub: Subject, chips: int, batch_size: int, threads: int, str
     for _ in ordered_map(embedder, batches[:streams], streams):  # warm-up, untimed
         pass
     start = time.perf_counter()
-    for _ in ordered_map(embedder, (batches[i % distinct][:n] for i, n in enumerate(sizes)), streams):
+    ahead = max(1, AHEAD_BYTES // per_batch)
+    for _ in ordered_map(embedder, (batches[i % distinct][:n] for i, n in enumerate(sizes)), streams, ahead):
         pass
     seconds = time.perf_counter() - start
     done = sum(sizes)

@@ -18,11 +18,12 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1) -> Iterator[R]:
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, ahead: int = 1) -> Iterator[R]:
     """``fn(item)`` for each item, computed by ``workers`` threads, yielded in order.
 
     ``items`` is iterated here, in the caller's thread (so a reader there overlaps with the
-    workers); at most ``workers + 1`` items are submitted and not yet yielded. An exception
+    workers); at most ``workers + ahead`` items are submitted and not yet yielded, so the
+    workers find ``ahead`` items queued while the caller is busy elsewhere. An exception
     from ``fn`` is raised here, at its item's turn; work not yet started is cancelled.
     With one worker, everything runs in line.
     """
@@ -34,7 +35,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1) -> I
         try:
             for item in items:
                 pending.append(pool.submit(fn, item))
-                if len(pending) > workers:
+                if len(pending) >= workers + max(1, ahead):
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()

@@ -243,7 +243,8 @@ def embedded_batches(plan: ItemPlan, run: Run, embedder: Embedder,
     """``(batch, embeddings)`` of the item's chips (or of chip rows ``rows``), in row order.
 
     The model works on ``embedder.streams`` batches at once, while this thread reads the next
-    ones (or a thread reads ``--prefetch`` batches ahead; see ``feed``).
+    ones, ``FeedSpec.ahead`` of them queued (or a thread reads ``--prefetch`` batches ahead;
+    see ``feed``).
     """
     depth = run.config.prefetch
     if depth is None:
@@ -253,8 +254,9 @@ def embedded_batches(plan: ItemPlan, run: Run, embedder: Embedder,
         context = chip_context(embedder.context_inputs, plan.series, plan.chip_grid, batch.chips)
         return batch, embedder(batch.pixels, context)
 
-    with closing(feed(run.feed_spec(plan, rows), depth)) as batches:
-        yield from ordered_map(embed, batches, embedder.streams)
+    spec = run.feed_spec(plan, rows)
+    with closing(feed(spec, depth)) as batches:
+        yield from ordered_map(embed, batches, embedder.streams, ahead=spec.ahead)
 
 
 def output_dirs(prepared: Run) -> list[Path]:

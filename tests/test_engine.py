@@ -22,8 +22,9 @@ from stacembed.embed import (
 )
 from stacembed.errors import ConfigError
 from stacembed.concurrency import ordered_map, prefetch
-from stacembed.feed import FeedSpec
-from stacembed.grid import read_grid
+from stacembed.chips import ChipGrid
+from stacembed.feed import AHEAD_BYTES, FeedSpec
+from stacembed.grid import Grid, read_grid
 from stacembed.stack import NativeWindows
 from stacembed.models import resolve_card
 
@@ -61,7 +62,8 @@ def test_prefetch_reraises_errors_and_stops_when_the_consumer_stops():
     assert list(prefetch([1, 2, 3], depth=0)) == [1, 2, 3]
 
 
-def test_ordered_map_runs_items_side_by_side_in_order_with_a_bounded_number_in_flight():
+@pytest.mark.parametrize("ahead", [1, 4])
+def test_ordered_map_runs_items_side_by_side_in_order_with_a_bounded_number_in_flight(ahead):
     both_running = threading.Barrier(2, timeout=5)  # passes only if two calls run at the same time
     pulled, finished = [], []
 
@@ -77,11 +79,12 @@ def test_ordered_map_runs_items_side_by_side_in_order_with_a_bounded_number_in_f
         finished.append(i)
         return i * i
 
-    results = []
-    for value in ordered_map(work, source(), workers=2):
-        assert len(pulled) - len(results) <= 2 + 1  # workers + 1 submitted and not yet yielded
+    results, most = [], 0
+    for value in ordered_map(work, source(), workers=2, ahead=ahead):
+        most = max(most, len(pulled) - len(results))  # submitted and not yet yielded
         results.append(value)
     assert results == [i * i for i in range(12)]
+    assert most == 2 + ahead  # the workers' items and ``ahead`` queued, never more
     assert list(ordered_map(lambda i: -i, [1, 2], workers=1)) == [-1, -2]
 
 
@@ -203,6 +206,22 @@ def test_reading_ahead_or_in_line_gives_the_same_files(tmp_path):
         tables[depth] = {p.name: pq.read_table(p) for p in out.glob("*/*/*.parquet")}
     assert tables[0].keys() == tables[2].keys() and len(tables[0]) == 4
     assert all(tables[0][name].equals(tables[2][name]) for name in tables[0])
+
+
+def test_batches_queued_ahead_fit_a_fixed_number_of_bytes_whatever_the_area():
+    href = str(Path(__file__).parent.parent / "catalogs/sample/landsat-etm-sample/L7-olinda-r0c0/blue.tif")
+    item = pystac.Item("x", None, None, datetime=datetime(2000, 1, 1, tzinfo=timezone.utc), properties={})
+    bands = [BandSource(name, name, href) for name in ("a", "b", "c", "d", "e", "f")]
+    grid = read_grid(href)
+
+    def spec(batch_size, size=64, times=1, area=1):
+        wide = Grid(grid.crs, grid.transform, grid.width * area, grid.height * area)
+        return FeedSpec([(item, bands)] * times, ChipGrid(wide, size, size), wide, batch_size, 0.5)
+
+    assert spec(16).batch_bytes == 16 * 6 * 64 * 64 * 4 and spec(16, times=3).batch_bytes == 3 * spec(16).batch_bytes
+    assert spec(16).ahead == AHEAD_BYTES // spec(16).batch_bytes == 21
+    assert spec(16, area=100).ahead == spec(16).ahead
+    assert spec(1024, size=224).ahead == 1  # a GPU-sized batch: one queued
 
 
 def test_gdal_block_cache_holds_two_tile_rows_and_follows_the_user(monkeypatch):

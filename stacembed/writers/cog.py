@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -27,6 +28,10 @@ from . import Layout, SourceInfo
 from .quantize import NODATA, Quantization, RangeTracker
 
 STRIP_BYTES = 16 * 2**20
+TILE_BYTES = 4 * 2**20  # uncompressed bytes of one COG tile, all bands (see ``_block``)
+# Overviews only for grids wider than this (where COG validators ask for them): below it a
+# tile or a few cover the item, and overviews tripled the conversion time (512 bands, 64 px grid).
+OVERVIEW_ABOVE = 512
 
 
 class CogWriter:
@@ -114,7 +119,10 @@ class CogWriter:
         try:
             rasterio.shutil.copy(
                 source, tmp, driver="COG", compress="DEFLATE", predictor="YES",
-                blocksize=_block(max(self.grid.width, self.grid.height)), bigtiff="IF_SAFER",
+                blocksize=_block(max(self.grid.width, self.grid.height), self.layout.dimensions,
+                                 np.dtype("int8" if self.ranges is not None else "float32").itemsize),
+                overviews="AUTO" if max(self.grid.width, self.grid.height) > OVERVIEW_ABOVE else "NONE",
+                bigtiff="IF_SAFER",
                 # the item's forward passes are over: compress its tiles on every core
                 num_threads="ALL_CPUS",
             )
@@ -141,14 +149,18 @@ class CogWriter:
         return target
 
 
-def _block(size: int) -> int:
-    """COG tile size: 256, or the grid rounded up to GDAL's multiple of 16 when smaller.
+def _block(size: int, bands: int, itemsize: int) -> int:
+    """COG tile side in pixels: 256 at most, a multiple of 16 (GDAL's rule), 16 at least.
 
-    Embedding grids are small (one pixel per chip) but have hundreds of bands: 256 px tiles
-    over a 32 px grid compress 64 times more (padding) pixels than there are (measured: 1 s
-    instead of 0.05 s per item at 512 bands).
+    Tiles hold every band of their pixels (the COG driver interleaves by pixel), so that a
+    reader of one embedding fetches one tile; with hundreds of bands a tile is kept within
+    ``TILE_BYTES`` (512 float32 bands: 32 px, 2 MiB), where 256 px would be 128 MiB read for
+    any one vector. Nor is it larger than the grid rounded up: embedding grids are small (one
+    pixel per chip), and 256 px tiles over a 32 px grid compressed 64 times more (padding)
+    pixels than there are (measured: 1 s instead of 0.05 s per item at 512 bands).
     """
-    return min(256, -(-size // 16) * 16)
+    fits = math.isqrt(TILE_BYTES // (bands * itemsize)) // 16 * 16
+    return max(16, min(256, fits, -(-size // 16) * 16))
 
 
 def _small_blocksize(record: logging.LogRecord) -> bool:
