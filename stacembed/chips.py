@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 import xarray as xr
 from affine import Affine
 from rasterio.windows import Window
@@ -113,7 +114,10 @@ def _positions(length: int, size: int, stride: int) -> int:
 
 @dataclass
 class ChipBatch:
-    """Pixels of up to ``batch_size`` chips, ``(n, band, [time,] size, size)`` float32, NaN = no data."""
+    """Pixels of up to ``batch_size`` chips, ``(n, band, [time,] size, size)`` float32, NaN = no data.
+
+    ``pixels`` may be a view of the pixels read (see ``read_batches``): read it, don't write it.
+    """
 
     chips: list[Chip]
     pixels: np.ndarray
@@ -139,21 +143,25 @@ def read_batches(
     holds a run and a batch of pixels however large the item is. ``rows`` limits the reads to those
     chip rows (one tile of an item split over a cluster). When no chip passes, nothing is
     yielded (the writers then write valid, empty files); ``stats`` records what was seen.
+
+    A batch of consecutive kept chips of one run is a strided view of the run's pixels, not a
+    copy: the embedder copies every batch anyway (to make it contiguous, or onto the device), so
+    the thread that reads does one pass over the pixels fewer. Such a batch keeps its run's
+    pixels alive until it is dropped, which ``run_length`` bounds.
     """
     stats = stats if stats is not None else ReadStats()
-    kept: list[tuple[Chip, np.ndarray, float]] = []
+    batcher = _Batcher(batch_size)
     length = run_length(batch_size, chip_bytes(math.prod(data.shape[:-2]), chip_grid.size))
-    for run in _runs(chip_grid, length, rows or range(chip_grid.rows)):
-        for chip, pixels, fraction in _read_run(data, run, chip_grid.size):
-            stats.best_fraction = max(stats.best_fraction, fraction)
-            if fraction >= min_valid and fraction > 0:
-                kept.append((chip, pixels, fraction))
-                stats.kept += 1
-            if len(kept) == batch_size:
-                yield _batch(kept)
-                kept = []
-    if kept:
-        yield _batch(kept)
+    for run in _runs(chip_grid, length, rows or range(chip_grid.rows), batcher):
+        pixels, fractions = _read_run(data, run, chip_grid.size, chip_grid.stride)
+        stats.best_fraction = max(stats.best_fraction, float(fractions.max()))
+        keep = (fractions >= min_valid) & (fractions > 0)
+        stats.kept += int(keep.sum())
+        if keep.all():
+            yield from batcher.add(run, pixels, fractions)
+        elif keep.any():
+            yield from batcher.add([c for c, k in zip(run, keep.tolist()) if k], pixels[keep], fractions[keep])
+    yield from batcher.flush()
 
 
 def warn_if_empty(item_id: str, chip_grid: ChipGrid, min_valid: float, stats: ReadStats) -> None:
@@ -180,39 +188,86 @@ def run_length(batch_size: int, chip_bytes: int) -> int:
     return max(batch_size, RUN_BYTES // max(1, chip_bytes))
 
 
-def _runs(chip_grid: ChipGrid, length: int, rows: range) -> Iterator[list[Chip]]:
-    """Consecutive chips of one chip row, at most ``length`` long."""
+def _runs(chip_grid: ChipGrid, length: int, rows: range, batcher: "_Batcher") -> Iterator[list[Chip]]:
+    """Consecutive chips of one chip row, at most ``length`` long, cut where batches end (so
+    that a run holds whole batches) unless a row ends first."""
     for row in rows:
-        for start in range(0, chip_grid.cols, length):
-            stop = min(start + length, chip_grid.cols)
+        start = 0
+        while start < chip_grid.cols:
+            stop = min(start + batcher.run_length(length), chip_grid.cols)
             yield [chip_grid.chip(row, col) for col in range(start, stop)]
+            start = stop
 
 
-def _read_run(data: "xr.DataArray | NativeWindows", run: list[Chip], size: int) -> Iterable[tuple[Chip, np.ndarray, float]]:
-    """Read one run of chips in one block: ``(chip, pixels, valid fraction)`` for each.
+def _read_run(data: "xr.DataArray | NativeWindows", run: list[Chip], size: int,
+              stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read one run of chips in one block: their pixels ``(n, band, [time,] size, size)``, a view
+    of the block, and their valid fractions.
 
     Works for ``(band, y, x)`` and ``(band, time, y, x)``. A pixel counts as valid when every
-    band (at every time step) has data; that is computed once for the whole block.
+    band (at every time step) has data; that is computed once for the whole block (by the
+    reader, for ``NativeWindows``).
     """
     height, width = data.shape[-2:]
     top = run[0].window.row_off
     left = run[0].window.col_off
     right = run[-1].window.col_off + size
     rows, cols = slice(top, min(top + size, height)), slice(left, min(right, width))
-    block = np.asarray(data[..., rows, cols].values) if isinstance(data, xr.DataArray) else data.read(rows, cols)
+    if isinstance(data, xr.DataArray):
+        block = np.asarray(data[..., rows, cols].values)
+        valid = np.isfinite(block).reshape(-1, *block.shape[-2:]).all(axis=0)
+    else:
+        block, valid = data.read(rows, cols)
     if block.shape[-2:] != (size, right - left):  # the last row or column: pad as no data
-        padded = np.full((*block.shape[:-2], size, right - left), np.nan, dtype="float32")
-        padded[..., : block.shape[-2], : block.shape[-1]] = block
-        block = padded
-    valid = np.isfinite(block).reshape(-1, size, right - left).all(axis=0)
-    # Valid pixels per chip from running column sums: one pass for the run, exact integers.
-    counts = np.concatenate(([0], np.cumsum(valid.sum(axis=0))))
+        block, valid = _pad(block, valid, (size, right - left))
     offsets = np.array([chip.window.col_off - left for chip in run])
-    fractions = (counts[offsets + size] - counts[offsets]) / (size * size)
-    for chip, offset, fraction in zip(run, offsets.tolist(), fractions.tolist()):
-        yield chip, block[..., offset : offset + size], fraction
+    if valid is None:
+        fractions = np.ones(len(run))
+    else:  # valid pixels per chip from running column sums: one pass for the run, exact integers
+        counts = np.concatenate(([0], np.cumsum(valid.sum(axis=0))))
+        fractions = (counts[offsets + size] - counts[offsets]) / (size * size)
+    windows = sliding_window_view(block, size, axis=-1)[..., ::stride, :]  # (..., size, n, size)
+    return np.moveaxis(windows, -2, 0), fractions.astype("float32")
 
 
-def _batch(kept: list[tuple[Chip, np.ndarray, float]]) -> ChipBatch:
-    chips, pixels, fractions = zip(*kept)
-    return ChipBatch(list(chips), np.stack(pixels), np.array(fractions, dtype="float32"))
+def _pad(block: np.ndarray, valid: np.ndarray | None, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``block`` and its valid mask grown to ``shape`` (rows, columns) with no data."""
+    padded = np.full((*block.shape[:-2], *shape), np.nan, dtype="float32")
+    padded[..., : block.shape[-2], : block.shape[-1]] = block
+    mask = np.zeros(shape, dtype=bool)
+    mask[: block.shape[-2], : block.shape[-1]] = True if valid is None else valid
+    return padded, mask
+
+
+class _Batcher:
+    """Cuts pieces (consecutive kept chips of a run) into batches of ``size`` chips: a piece
+    that covers a whole batch gives a view of it, a batch made of several pieces is copied."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pieces: list[tuple[list[Chip], np.ndarray, np.ndarray]] = []
+        self.filled = 0
+
+    def run_length(self, limit: int) -> int:
+        """The longest run of at most ``limit`` (>= ``size``) chips that ends where a batch does."""
+        first = self.size - self.filled
+        return first + (limit - first) // self.size * self.size
+
+    def add(self, chips: list[Chip], pixels: np.ndarray, fractions: np.ndarray) -> Iterator[ChipBatch]:
+        start = 0
+        while start < len(chips):
+            stop = min(len(chips), start + self.size - self.filled)
+            self.pieces.append((chips[start:stop], pixels[start:stop], fractions[start:stop]))
+            self.filled += stop - start
+            start = stop
+            if self.filled == self.size:
+                yield from self.flush()
+
+    def flush(self) -> Iterator[ChipBatch]:
+        if not self.pieces:
+            return
+        chips, pixels, fractions = zip(*self.pieces)
+        self.pieces, self.filled = [], 0
+        yield ChipBatch([c for part in chips for c in part],
+                        pixels[0] if len(pixels) == 1 else np.concatenate(pixels),
+                        np.concatenate(fractions))

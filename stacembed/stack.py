@@ -296,6 +296,11 @@ def _file_mask(ds, index: int, raw: np.ndarray, window: Window) -> np.ndarray | 
     return ds.read_masks(index, window=window) == 0
 
 
+def _either(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    """``a | b`` of two optional masks (None: nothing set)."""
+    return b if a is None else a if b is None else a | b
+
+
 class NativeWindows:
     """Pixels straight from the files, on their own grid: one open dataset per band, no dask.
 
@@ -326,26 +331,42 @@ class NativeWindows:
                 total += -(-ds.width // width) * width * height * np.dtype(ds.dtypes[band.index - 1]).itemsize
         return total
 
-    def read(self, rows: slice, cols: slice) -> np.ndarray:
-        window = Window.from_slices(rows, cols)
-        frames = [self._frame(datasets, bands, window)
-                  for datasets, bands in zip(self.datasets, [self.bands] * self.time_steps)]
-        return frames[0] if self.time_steps == 1 else np.stack(frames, axis=1)
+    def read(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray | None]:
+        """The window's measurements ``(band, [time,] h, w)``, float32, NaN where there is no
+        data; and where every band at every time step has data, ``(h, w)`` bool, or None when
+        all pixels do.
 
-    def _frame(self, datasets, bands: list[BandSource], window: Window) -> np.ndarray:
+        The mask comes from the checks that put the NaNs there (the file's mask, the declared
+        nodata, non-finite floats), so the caller needs no second pass over the pixels; integer
+        bands with neither mask nor nodata need no check at all.
+        """
+        window = Window.from_slices(rows, cols)
+        frames, invalid = [], None
+        for datasets in self.datasets:
+            frame, missing = self._frame(datasets, self.bands, window)
+            frames.append(frame)
+            invalid = _either(invalid, missing)
+        block = frames[0] if self.time_steps == 1 else np.stack(frames, axis=1)
+        return block, None if invalid is None else ~invalid
+
+    def _frame(self, datasets, bands: list[BandSource], window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         out = np.empty((len(bands), int(window.height), int(window.width)), dtype="float32")
+        invalid = None
         for i, (band, ds) in enumerate(zip(bands, datasets)):
             raw = ds.read(band.index, window=window)
             values = out[i]
             values[...] = raw
             missing = _file_mask(ds, band.index, raw, window)
+            if band.nodata is not None and not math.isnan(band.nodata):
+                missing = _either(missing, values == np.float32(band.nodata))
+            if np.issubdtype(raw.dtype, np.floating):
+                missing = _either(missing, ~np.isfinite(values))
             if missing is not None:
                 values[missing] = np.nan
-            if band.nodata is not None and not math.isnan(band.nodata):
-                values[values == np.float32(band.nodata)] = np.nan
+                invalid = _either(invalid, missing)
             if band.scale != 1 or band.offset != 0:
                 values[...] = values.astype("float64") * band.scale + band.offset
-        return out
+        return out, invalid
 
     def close(self) -> None:
         for datasets in self.datasets:

@@ -117,7 +117,7 @@ def test_preset_rules_reach_the_pixels(tmp_path):
         stored = ds.read(1).astype("float64")
     reader = NativeWindows([(item, [red])], read_grid(red.href))
     try:
-        got = reader.read(slice(0, 8), slice(0, 8))[0]
+        got = reader.read(slice(0, 8), slice(0, 8))[0][0]
     finally:
         reader.close()
     np.testing.assert_allclose(got, (stored * 0.0001 - 0.1).astype("float32"), rtol=0, atol=1e-7)

@@ -102,3 +102,89 @@ def test_read_runs_span_a_batch_or_more_as_bytes_allow_and_give_the_same_batches
     for a, b in zip(short, long):
         np.testing.assert_array_equal(a.pixels, b.pixels)
         np.testing.assert_array_equal(a.valid_fraction, b.valid_fraction)
+
+
+def _write(path, data, nodata=None, mask=None):
+    """A tiled GeoTIFF of ``data`` (band, y, x) on GRID, with a nodata value or an internal mask."""
+    import rasterio
+
+    profile = dict(driver="GTiff", width=data.shape[-1], height=data.shape[-2], count=len(data), dtype=data.dtype,
+                   crs=GRID.crs, transform=GRID.transform, tiled=True, blockxsize=32, blockysize=32, nodata=nodata)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if mask is not None:
+            dst.write_mask(np.where(mask, 255, 0).astype("uint8"))
+    return str(path)
+
+
+def _native(tmp_path, case):
+    """A two-band file of each kind of missing data, its BandSources, and the measurements an
+    independent computation expects (float64 scaling rounded once, NaN where there is no data)."""
+    import pystac
+
+    from stacembed.bands import BandSource
+    from stacembed.stack import NativeWindows
+
+    rng = np.random.default_rng(7)
+    raw = rng.integers(1, 4000, (2, GRID.height, GRID.width)).astype("uint16")
+    gaps = rng.random(raw.shape) < 0.15
+    gaps[:, 40:55, 20:90] = True
+    scale, offset, declared, file_nodata, mask = 1.0, 0.0, None, None, None
+    if case == "declared nodata, scaled":
+        raw[gaps] = 0
+        scale, offset, declared = 0.5, -1.0, 0.0
+    elif case == "file nodata":
+        raw[gaps] = 0
+        file_nodata = 0
+    elif case == "float NaN, nothing declared":
+        raw = raw.astype("float32")
+        raw[gaps] = np.nan
+    elif case == "internal mask":
+        mask = ~gaps.any(axis=0)
+    else:  # "all valid": integers with neither nodata nor mask
+        gaps[:] = False
+    href = _write(tmp_path / "b.tif", raw, nodata=file_nodata, mask=mask)
+    bands = [BandSource(f"b{i}", "b", href, index=i, scale=scale, offset=offset, nodata=declared) for i in (1, 2)]
+    expected = (raw.astype("float64") * scale + offset).astype("float32")
+    expected[np.broadcast_to(~mask, gaps.shape) if mask is not None else gaps] = np.nan
+    item = pystac.Item("native", None, None, __import__("datetime").datetime(2024, 1, 1), {})
+    return NativeWindows([(item, bands)], GRID), expected
+
+
+NATIVE_CASES = ["declared nodata, scaled", "file nodata", "float NaN, nothing declared", "internal mask", "all valid"]
+
+
+@pytest.mark.parametrize("case", NATIVE_CASES)
+def test_direct_reads_give_the_chips_and_fractions_of_an_independent_stack(tmp_path, case, run_bytes):
+    """Masks come from the reader's own checks (no isfinite pass): they must count exactly what
+    a NaN count over independently computed measurements counts, band by band."""
+    reader, expected = _native(tmp_path, case)
+    chips = ChipGrid(GRID, size=16, stride=12)
+    try:
+        direct = list(read_batches(reader, chips, batch_size=5, min_valid=0.3))
+    finally:
+        reader.close()
+    stacked = list(read_batches(xr.DataArray(expected, dims=("band", "y", "x")), chips, batch_size=5, min_valid=0.3))
+    assert [b.chips for b in direct] == [b.chips for b in stacked] and direct
+    for a, b in zip(direct, stacked):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        np.testing.assert_array_equal(a.valid_fraction, b.valid_fraction)
+    if case == "all valid":  # padding past the last row (rows 60-75 of 70) still counts as no data
+        fractions = {c.row: f for b in direct for c, f in zip(b.chips, b.valid_fraction)}
+        assert fractions[chips.rows - 1] == 10 / 16 and fractions[0] == 1
+
+
+def test_batches_of_consecutive_chips_are_views_of_the_pixels_read(run_bytes):
+    """The reading thread does not copy a batch that a run holds whole; one made of pieces is
+    copied. Either way its pixels are the chips' windows."""
+    data = np.random.default_rng(5).random((2, 70, 100)).astype("float32")
+    data[:, 32:, 70:] = np.nan  # chips of the lower right are dropped
+    chips = ChipGrid(GRID, size=16, stride=8)  # 12 columns, the last padded; batches of 5 straddle rows
+    batches = list(read_batches(xr.DataArray(data, dims=("band", "y", "x")), chips, batch_size=5, min_valid=0.6))
+    assert sum(not b.pixels.flags.owndata for b in batches) >= len(batches) // 2
+    padded = np.full((2, 80, 112), np.nan, "float32")
+    padded[:, :70, :100] = data
+    for batch in batches:
+        for chip, pixels in zip(batch.chips, batch.pixels):
+            r, c = chip.window.row_off, chip.window.col_off
+            np.testing.assert_array_equal(pixels, padded[:, r:r + 16, c:c + 16])

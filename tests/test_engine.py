@@ -197,6 +197,22 @@ def test_channels_last_on_the_cpu_gives_the_contiguous_forward_pass():
     np.testing.assert_allclose(got, plain(x), rtol=1e-4, atol=1e-5)
 
 
+def test_a_strided_view_of_a_read_is_embedded_like_its_copy_and_left_as_it_was():
+    """Batches can be views of the pixels read (chips.read_batches); the engine's one copy
+    (here the gather that makes them contiguous) must leave the read untouched."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    embedder = Embedder.from_card(resolve_card("stacembed-demo-landsat"), None, torch.device("cpu"))
+    block = np.random.default_rng(2).normal(0.2, 0.05, (6, 64, 64 * 5)).astype("float32")
+    block[:, :8, :8] = np.nan
+    view = np.moveaxis(sliding_window_view(block, 64, axis=-1)[..., ::64, :], -2, 0)
+    assert view.shape == (5, 6, 64, 64) and not view.flags.c_contiguous
+    before = block.copy()
+    got = embedder(view)
+    np.testing.assert_array_equal(block, before)
+    np.testing.assert_array_equal(got, embedder(np.ascontiguousarray(view)))
+
+
 def test_reading_ahead_or_in_line_gives_the_same_files(tmp_path):
     sample = Path(__file__).parent.parent / "catalogs" / "sample" / "catalog.json"
     tables = {}
