@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import pystac
 import rasterio
 from tqdm import tqdm
 
@@ -411,8 +412,20 @@ def _source_href(config: RunConfig, run: Run) -> str | None:
     first = run.series[0].items[0]
     collection = first.get_single_link("collection")
     if collection is not None and collection.get_absolute_href():
-        return redact(collection.get_absolute_href())
+        return redact((_canonical_collection(first, collection) or collection).get_absolute_href())
     if run.search.api:
         return redact(run.search.api)
     href = config.items or config.catalog
     return str(Path(href).resolve()) if href and "://" not in href else href
+
+
+def _canonical_collection(item: pystac.Item, link: pystac.Link) -> pystac.Link | None:
+    """The ``canonical`` link of a copied collection (see ``publish.source_item_href``), when it
+    is at hand: already read, or a local file; a remote one is not fetched for this."""
+    if not link.is_resolved() and "://" in link.get_absolute_href():
+        return None
+    try:
+        collection = item.get_collection()
+    except (OSError, ValueError, pystac.STACError):
+        return None
+    return collection.get_single_link("canonical") if collection is not None else None

@@ -175,3 +175,26 @@ def test_version_and_help(cli):
         assert result.exit_code == 0 and "Usage:" in result.output
     assert "Examples:" in cli("run", "--help").output
     assert "stacembed-demo-landsat" in cli("models", "list").output
+
+
+def test_provenance_names_the_canonical_location_of_copied_sources(synthetic_catalog, cli, tmp_path):
+    """A copy of an item or collection (a stage-in, a mirror) names its original with a
+    ``canonical`` link; ``derived_from`` and ``emb:source-data`` point there, not at the copy,
+    and items without one keep their own href."""
+    catalog = synthetic_catalog("1.1", n_items=2, shape=(64, 64))
+    original = "https://stac.example.com/collections/synthetic"
+    for path, href in [(catalog.parent / "synthetic" / "item-0" / "item-0.json", f"{original}/items/item-0"),
+                       (catalog.parent / "synthetic" / "collection.json", original)]:
+        document = json.loads(path.read_text())
+        document["links"].append({"rel": "canonical", "href": href, "type": "application/json"})
+        path.write_text(json.dumps(document))
+    result = cli("run", "--catalog", catalog, "--out", tmp_path / "out", "--chip-size", "32", "-q")
+    assert result.exit_code == 0, result.output
+    derived = {}
+    for path in (tmp_path / "out").glob("*/item-*/item-*.json"):
+        item = json.loads(path.read_text())
+        derived[item["id"]] = [link["href"] for link in item["links"] if link["rel"] == "derived_from"]
+    assert derived["item-0"] == [f"{original}/items/item-0"]
+    assert derived["item-1"] == [str(catalog.parent / "synthetic" / "item-1" / "item-1.json")]
+    collection = json.loads(next((tmp_path / "out").glob("*/collection.json")).read_text())
+    assert [link["href"] for link in collection["links"] if link["rel"] == "emb:source-data"] == [original]
