@@ -35,7 +35,7 @@ from .grid import Grid
 from .models import ModelCard, resolve_card
 from .models.weights import file_sha256, resolve_weights
 from .publish import (
-    SUFFIXES, Provenance, item_dir_name, model_card_href, output_item, write_catalog, write_json,
+    SUFFIXES, Provenance, canonical_href, item_dir_name, model_card_href, output_item, write_catalog, write_json,
     write_model_card,
 )
 from .resolve import Search
@@ -412,20 +412,20 @@ def _source_href(config: RunConfig, run: Run) -> str | None:
     first = run.series[0].items[0]
     collection = first.get_single_link("collection")
     if collection is not None and collection.get_absolute_href():
-        return redact((_canonical_collection(first, collection) or collection).get_absolute_href())
+        source = _at_hand_collection(first, collection)
+        return canonical_href(source) if source is not None else redact(collection.get_absolute_href())
     if run.search.api:
         return redact(run.search.api)
     href = config.items or config.catalog
     return str(Path(href).resolve()) if href and "://" not in href else href
 
 
-def _canonical_collection(item: pystac.Item, link: pystac.Link) -> pystac.Link | None:
-    """The ``canonical`` link of a copied collection (see ``publish.source_item_href``), when it
-    is at hand: already read, or a local file; a remote one is not fetched for this."""
+def _at_hand_collection(item: pystac.Item, link: pystac.Link) -> pystac.Collection | None:
+    """``item``'s collection when it is at hand (already read, or a local file), so that its
+    ``canonical`` link counts (``publish.canonical_href``); a remote one is not fetched for this."""
     if not link.is_resolved() and "://" in link.get_absolute_href():
         return None
     try:
-        collection = item.get_collection()
+        return item.get_collection()
     except (OSError, ValueError, pystac.STACError):
         return None
-    return collection.get_single_link("canonical") if collection is not None else None

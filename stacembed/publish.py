@@ -122,7 +122,7 @@ def output_item(
     for fmt in formats:
         item.add_asset(asset_key(fmt, formats), _asset(fmt, files[fmt], chip_grid, provenance))
     for each in sources:
-        href = source_item_href(each)
+        href = canonical_href(each)
         if href:
             item.add_link(pystac.Link("derived_from", href, pystac.MediaType.JSON, f"Source item {each.id}"))
     item.add_link(pystac.Link("emb:model", model_href, pystac.MediaType.JSON, provenance.card.name))
@@ -131,16 +131,16 @@ def output_item(
     return data
 
 
-def source_item_href(item: pystac.Item) -> str | None:
-    """Where a source item lives for good, credentials removed: its ``canonical`` link, else
-    its own href.
+def canonical_href(obj: pystac.STACObject) -> str | None:
+    """Where a source item (or collection) lives for good, credentials removed: its
+    ``canonical`` link, else its own href.
 
-    A copy of an item (a platform's stage-in, a mirror) names the original with ``canonical``
-    (STAC best practices), and provenance should outlive the copy, which may be a staging
-    directory that is gone once the job ends.
+    A copy (a platform's stage-in, a mirror) names the original with ``canonical`` (STAC best
+    practices), and provenance should outlive the copy, which may be a staging directory that
+    is gone once the job ends.
     """
-    canonical = item.get_single_link("canonical")
-    href = canonical.get_absolute_href() if canonical is not None else item.get_self_href()
+    canonical = obj.get_single_link("canonical")
+    href = canonical.get_absolute_href() if canonical is not None else obj.get_self_href()
     return redact(href) if href else None
 
 
