@@ -1,31 +1,37 @@
 """stacembed: STAC items in, embeddings out, as STAC items with GeoParquet and COG assets.
 
-The pipeline is a straight line, one module per stage::
+The writing half is a straight line, one module per stage::
 
-    resolve -> stack -> chips -> embed -> writers -> publish (-> transactions)
+    resolve -> readers -> chips -> embed -> writers -> catalog -> publish
 
-``stacembed.run(config)`` runs it; ``stacembed.search(config)`` only finds the items; the CLI
-(``stacembed run``) only builds the config.
+``stacembed.run(config)`` runs it (``pipeline`` owns the outline, ``job`` is the work on one
+series, ``executors`` do it here or on a dask cluster, ``layout`` owns the output tree);
+``stacembed.search(config)`` only finds the items; ``stacembed.open_embeddings(href)`` reads
+the catalogs a run writes. The CLI (``stacembed run``) only builds the config.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
-from .config import RunConfig  # noqa: E402
-from .errors import StacembedError  # noqa: E402
+from ._version import __version__
+from .config import RunConfig
+from .errors import StacembedError
 
 if TYPE_CHECKING:
     import pystac
 
+    from .embeddings import open_embeddings
     from .pipeline import RunSummary, plan, run
 
-__all__ = ["RunConfig", "RunSummary", "StacembedError", "__version__", "plan", "run", "search"]
+__all__ = ["RunConfig", "RunSummary", "StacembedError", "__version__", "open_embeddings", "plan", "run", "search"]
+
+# Imported on first use: the pipeline imports torch (seconds), and `stacembed search` and
+# `--help` should not wait for it.
+_LAZY = {"RunSummary": "pipeline", "plan": "pipeline", "run": "pipeline", "open_embeddings": "embeddings"}
 
 
-def search(config: RunConfig) -> list["pystac.Item"]:
+def search(config: RunConfig) -> list[pystac.Item]:
     """The items ``config`` selects (its source, filters and presets), signed when needed."""
     from .resolve import Search
 
@@ -33,9 +39,8 @@ def search(config: RunConfig) -> list["pystac.Item"]:
 
 
 def __getattr__(name: str) -> Any:
-    # The pipeline imports torch (seconds); `stacembed search` and `--help` should not wait for it.
-    if name in ("RunSummary", "plan", "run"):
-        from . import pipeline
+    if name in _LAZY:
+        from importlib import import_module
 
-        return getattr(pipeline, name)
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'stacembed' has no attribute {name!r}")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pystac
@@ -77,7 +78,7 @@ class Access:
             return item
         return _signer(self.signer)(item)
 
-    def with_defaults(self, gdal: Mapping[str, str], signer: str | None) -> "Access":
+    def with_defaults(self, gdal: Mapping[str, str], signer: str | None) -> Access:
         """A copy completed with a preset's needs; what the user set explicitly wins."""
         return Access(
             headers=self.headers, timeout=self.timeout, retries=self.retries,

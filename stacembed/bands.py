@@ -6,8 +6,9 @@ Handles both STAC dialects: 1.0 (``eo:bands`` / ``raster:bands``) and 1.1 (``ban
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import pystac
 

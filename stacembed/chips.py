@@ -1,4 +1,4 @@
-"""The chip grid over a stacked item, and reading its chips in bounded batches.
+"""The chip grid over an item, and reading its chips in bounded batches from any ``Reader``.
 
 Edge rule: chips sit on a regular grid that starts at the item's top-left pixel and steps by
 ``stride``; the last row and column extend past the raster where the size does not divide
@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from itertools import compress
+from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
-import xarray as xr
 from affine import Affine
+from numpy.lib.stride_tricks import sliding_window_view
 from rasterio.windows import Window
 
 from .errors import ConfigError
 from .grid import Grid
 
 if TYPE_CHECKING:
-    from .stack import NativeWindows
+    from .readers import Reader
 
 log = logging.getLogger("stacembed")
 
@@ -134,10 +135,10 @@ class ReadStats:
 
 
 def read_batches(
-    data: "xr.DataArray | NativeWindows", chip_grid: ChipGrid, *, batch_size: int, min_valid: float,
+    reader: Reader, chip_grid: ChipGrid, *, batch_size: int, min_valid: float,
     rows: range | None = None, stats: ReadStats | None = None,
 ) -> Iterator[ChipBatch]:
-    """Read chips from the lazy stack, keep those with enough data, yield them in batches.
+    """Read chips from ``reader``, keep those with enough data, yield them in batches.
 
     Reads go one run of neighbouring chips of a chip row at a time (``run_length``), so memory
     holds a run and a batch of pixels however large the item is. ``rows`` limits the reads to those
@@ -151,16 +152,16 @@ def read_batches(
     """
     stats = stats if stats is not None else ReadStats()
     batcher = _Batcher(batch_size)
-    length = run_length(batch_size, chip_bytes(math.prod(data.shape[:-2]), chip_grid.size))
+    length = run_length(batch_size, chip_bytes(math.prod(reader.shape[:-2]), chip_grid.size))
     for run in _runs(chip_grid, length, rows or range(chip_grid.rows), batcher):
-        pixels, fractions = _read_run(data, run, chip_grid.size, chip_grid.stride)
+        pixels, fractions = _read_run(reader, run, chip_grid.size, chip_grid.stride)
         stats.best_fraction = max(stats.best_fraction, float(fractions.max()))
         keep = (fractions >= min_valid) & (fractions > 0)
         stats.kept += int(keep.sum())
         if keep.all():
             yield from batcher.add(run, pixels, fractions)
         elif keep.any():
-            yield from batcher.add([c for c, k in zip(run, keep.tolist()) if k], pixels[keep], fractions[keep])
+            yield from batcher.add(list(compress(run, keep.tolist())), pixels[keep], fractions[keep])
     yield from batcher.flush()
 
 
@@ -188,7 +189,7 @@ def run_length(batch_size: int, chip_bytes: int) -> int:
     return max(batch_size, RUN_BYTES // max(1, chip_bytes))
 
 
-def _runs(chip_grid: ChipGrid, length: int, rows: range, batcher: "_Batcher") -> Iterator[list[Chip]]:
+def _runs(chip_grid: ChipGrid, length: int, rows: range, batcher: _Batcher) -> Iterator[list[Chip]]:
     """Consecutive chips of one chip row, at most ``length`` long, cut where batches end (so
     that a run holds whole batches) unless a row ends first."""
     for row in rows:
@@ -199,25 +200,19 @@ def _runs(chip_grid: ChipGrid, length: int, rows: range, batcher: "_Batcher") ->
             start = stop
 
 
-def _read_run(data: "xr.DataArray | NativeWindows", run: list[Chip], size: int,
-              stride: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_run(reader: Reader, run: list[Chip], size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
     """Read one run of chips in one block: their pixels ``(n, band, [time,] size, size)``, a view
     of the block, and their valid fractions.
 
     Works for ``(band, y, x)`` and ``(band, time, y, x)``. A pixel counts as valid when every
-    band (at every time step) has data; that is computed once for the whole block (by the
-    reader, for ``NativeWindows``).
+    band (at every time step) has data; the reader gives that mask once for the whole block.
     """
-    height, width = data.shape[-2:]
+    height, width = reader.shape[-2:]
     top = run[0].window.row_off
     left = run[0].window.col_off
     right = run[-1].window.col_off + size
     rows, cols = slice(top, min(top + size, height)), slice(left, min(right, width))
-    if isinstance(data, xr.DataArray):
-        block = np.asarray(data[..., rows, cols].values)
-        valid = np.isfinite(block).reshape(-1, *block.shape[-2:]).all(axis=0)
-    else:
-        block, valid = data.read(rows, cols)
+    block, valid = reader.read(rows, cols)
     if block.shape[-2:] != (size, right - left):  # the last row or column: pad as no data
         block, valid = _pad(block, valid, (size, right - left))
     offsets = np.array([chip.window.col_off - left for chip in run])
@@ -266,7 +261,7 @@ class _Batcher:
     def flush(self) -> Iterator[ChipBatch]:
         if not self.pieces:
             return
-        chips, pixels, fractions = zip(*self.pieces)
+        chips, pixels, fractions = zip(*self.pieces, strict=True)
         self.pieces, self.filled = [], 0
         yield ChipBatch([c for part in chips for c in part],
                         pixels[0] if len(pixels) == 1 else np.concatenate(pixels),

@@ -9,17 +9,26 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .access import HEADERS_ENV, SIGNERS, Access, parse_headers, redact
 from .config import (
-    DEVICES, DTYPES, FORMATS, LOADERS, POOLINGS, PRECISIONS, QUANTIZATION, RESAMPLING, RunConfig,
+    DEVICES,
+    DTYPES,
+    FORMATS,
+    LOADERS,
+    POOLINGS,
+    PRECISIONS,
+    QUANTIZATION,
+    RESAMPLING,
+    SEARCH_FORMATS,
+    RunConfig,
 )
 from .errors import StacembedError
-from .resolve.export import FORMATS as SEARCH_FORMATS
 
 RUN_EXAMPLES = """
 \b
@@ -219,7 +228,7 @@ def publish(ctx: click.Context, directory: str, api: str, asset_base_href: str, 
     """Create or update a run's collection and items on a STAC API (idempotent)."""
     ctx.meta["stacembed.verbose"] = verbose > 0
     _setup_logging(verbose, False)
-    from .transactions import publish_catalog
+    from .publish import publish_catalog
 
     access = Access(headers=parse_headers(headers), timeout=timeout, retries=retries)
     count = publish_catalog(directory, api, asset_base_href=asset_base_href, access=access)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import calendar
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from .access import Access
 
 FORMATS = ("geoparquet", "geotiff")
+SEARCH_FORMATS = ("table", "json", "ndjson", "geoparquet")  # what `stacembed search` writes
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOADERS = ("auto", "stackstac", "odc")
 RESAMPLING = ("nearest", "bilinear", "cubic", "average", "mode")
@@ -137,7 +139,7 @@ class RunConfig:
         self.access()  # validates --sign, --timeout, --retries
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], *, need_out: bool = True) -> "RunConfig":
+    def from_mapping(cls, values: Mapping[str, Any], *, need_out: bool = True) -> RunConfig:
         """Build a config from loosely typed values (YAML, CLI), parsing strings as the CLI does."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         values = {k.replace("-", "_"): v for k, v in values.items()}
@@ -154,7 +156,7 @@ class RunConfig:
             raise ConfigError("--out is required (the directory to write the STAC catalog to)")
         return cls(**kwargs)
 
-    def access(self) -> "Access":
+    def access(self) -> Access:
         """The network settings for the API client and the asset reader."""
         from .access import Access
 
@@ -162,7 +164,7 @@ class RunConfig:
                       signer=self.sign, aws_unsigned=self.aws_unsigned, requester_pays=self.requester_pays)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] = (), *, need_out: bool = True) -> "RunConfig":
+    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] = (), *, need_out: bool = True) -> RunConfig:
         """Read a YAML run file; `overrides` (typically CLI flags) replace its keys."""
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
@@ -320,10 +322,10 @@ def _parse_instant(text: str, *, end: bool) -> datetime | None:
     if partial:
         year, month = int(partial[1]), int(partial[2] or 0)
         if not end:
-            return datetime(year, month or 1, 1, tzinfo=timezone.utc)
+            return datetime(year, month or 1, 1, tzinfo=UTC)
         last_month = month or 12
         last_day = calendar.monthrange(year, last_month)[1]
-        return datetime(year, last_month, last_day, 23, 59, 59, 999999, tzinfo=timezone.utc)
+        return datetime(year, last_month, last_day, 23, 59, 59, 999999, tzinfo=UTC)
     try:
         parsed = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError:
@@ -331,5 +333,5 @@ def _parse_instant(text: str, *, end: bool) -> datetime | None:
     if len(text) == 10 and end:  # a bare date: the interval covers the whole day
         parsed = parsed.replace(hour=23, minute=59, second=59, microsecond=999999)
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed

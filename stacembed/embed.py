@@ -13,6 +13,7 @@ CNNs run ``channels_last`` where that measured faster (``prefers_channels_last``
 from __future__ import annotations
 
 import os
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -121,6 +122,7 @@ class Embedder:
             raise ConfigError("--streams above 1 runs forward passes side by side on the CPU; "
                               f"use 1 with {'--compile' if compile else f'device {device.type}'}")
         self.streams = streams
+        self.first_output_at: float | None = None  # perf_counter() when the first batch came out
         self.card = card
         self.device = device
         self.pooling = pooling
@@ -135,9 +137,10 @@ class Embedder:
             self.model = self.model.to(memory_format=torch.channels_last)
         if compile:
             self.model = torch.compile(self.model)
-        size = chip_size or card.input_size[0]
-        probe = np.zeros((1, len(card.bands), *((time_steps,) if time_steps > 1 else ()), size, size), "float32")
-        self.output_shape: tuple[int, ...] = tuple(self._forward(probe).shape[1:])
+        size = card.chip_size(chip_size)
+        # One chip as the run stacks it: (band, [time,] size, size).
+        self.input_shape = (len(card.bands), *((time_steps,) if time_steps > 1 else ()), size, size)
+        self.output_shape: tuple[int, ...] = tuple(self._forward(np.zeros((1, *self.input_shape), "float32")).shape[1:])
         if pooling == "default" and layer is None and self.output_shape != (card.embedding_size,):
             raise ModelError(
                 f"model {card.name} returns {self.output_shape} per chip, the card promises "
@@ -154,7 +157,7 @@ class Embedder:
         return len(self.output_shape) == 3
 
     @classmethod
-    def from_card(cls, card: ModelCard, weights: Path | None, device: torch.device, **options) -> "Embedder":
+    def from_card(cls, card: ModelCard, weights: Path | None, device: torch.device, **options) -> Embedder:
         """Build the card's model and load ``weights`` (None: keep a seeded random initialisation).
 
         TorchScript and torch.export artifacts are the model itself; other weights are loaded
@@ -199,11 +202,11 @@ class Embedder:
             return self.model(self.preprocess(pixels), **extra)
 
     def auto_batch_size(self, default: int = 16, limit: int = 1024) -> int:
-        """Chips per batch for this device: on CUDA, what half the free memory holds; else ``default``."""
+        """Chips per batch for this device: on CUDA, what half the free memory holds (measured
+        with a forward pass of 4 chips of the run's own shape, time steps included); else ``default``."""
         if self.device.type != "cuda":
             return default
-        size = self.card.input_size[0]
-        probe = np.zeros((4, len(self.card.bands), size, size), "float32")
+        probe = np.zeros((4, *self.input_shape), "float32")
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
         self._forward(probe)
@@ -219,7 +222,10 @@ class Embedder:
         out = self._forward(pixels, context)
         if tuple(out.shape[1:]) != self.output_shape:
             raise ModelError(f"model {self.card.name} returned {tuple(out.shape)}, expected (n, {self.output_shape})")
-        return out.float().contiguous().cpu().numpy()
+        embeddings = out.float().contiguous().cpu().numpy()
+        if self.first_output_at is None:
+            self.first_output_at = time.perf_counter()
+        return embeddings
 
 
 def prefers_channels_last(model: nn.Module, device: torch.device) -> bool:

@@ -1,8 +1,9 @@
 """The chip feed: where an item's pixels come from, read into batches ahead of the model.
 
 ``FeedSpec`` holds everything a reader needs (items, bands, grids, read options) and nothing
-of the model. ``feed(spec, depth)`` yields its ``ChipBatch`` es, read ``depth`` batches ahead
-in a background thread, or in line between forward passes when ``depth`` is 0.
+of the model; ``readers.open_reader`` chooses the reader from it. ``feed(spec, depth)`` yields
+its ``ChipBatch`` es, read ``depth`` batches ahead in a background thread, or in line between
+forward passes when ``depth`` is 0.
 
 Measured on 2 CPUs (benchmarks/): reading ahead pays when something leaves the reader a
 core, a GPU or a model on fewer threads than cores. When torch's threads take every core, a
@@ -16,11 +17,11 @@ slower still: moving each batch through shared memory cost more than reading it.
 from __future__ import annotations
 
 import os
-from contextlib import closing, contextmanager
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
-import dask
 import pystac
 import rasterio
 
@@ -30,7 +31,7 @@ from .chips import ChipBatch, ChipGrid, ReadStats, chip_bytes, read_batches, run
 from .concurrency import prefetch
 from .grid import Grid
 from .memory import MemoryTrimmer
-from .stack import NativeWindows, stack_series
+from .readers import Reader, open_reader
 
 # Pixels of the batches read ahead of the forward passes (see ``FeedSpec.ahead``).
 AHEAD_BYTES = 32 * 2**20
@@ -51,14 +52,11 @@ class FeedSpec:
     reader_threads: int = 1
     rows: range | None = None
 
-    def open(self):
-        """The files directly when the grid is theirs (``auto``), else a lazy stackstac /
-        odc-stac stack (resampling, or a loader asked for by name)."""
-        if self.loader == "auto" and self.chip_grid.grid == self.source_grid:
-            return NativeWindows(self.series, self.source_grid)
-        return stack_series(
-            self.series, self.chip_grid.grid, chunks=self.chunks, resampling=self.resampling,
-            loader="stackstac" if self.loader == "auto" else self.loader, gdal_options=self.gdal_options or {},
+    def open(self) -> Reader:
+        """The reader for this spec (``readers.open_reader``)."""
+        return open_reader(
+            self.series, self.source_grid, self.chip_grid.grid, loader=self.loader, resampling=self.resampling,
+            chunks=self.chunks, gdal_options=self.gdal_options, threads=self.reader_threads,
         )
 
     @property
@@ -90,17 +88,17 @@ class FeedSpec:
     def batches(self, stats: ReadStats | None = None) -> Iterator[ChipBatch]:
         """Read the chips in batches, here (in whichever thread or process iterates)."""
         options = self.gdal_options or {}
-        with rasterio.Env(**options), reader_scheduler(self.reader_threads):
-            data = self.open()
+        with rasterio.Env(**options):
+            reader = self.open()
             try:
-                with rasterio.Env(GDAL_CACHEMAX=options.get("GDAL_CACHEMAX") or self.cache_bytes(data)):
-                    yield from read_batches(data, self.chip_grid, batch_size=self.batch_size,
+                with rasterio.Env(GDAL_CACHEMAX=options.get("GDAL_CACHEMAX") or self.cache_bytes(reader)):
+                    yield from read_batches(reader, self.chip_grid, batch_size=self.batch_size,
                                             min_valid=self.min_valid, rows=self.rows, stats=stats)
             finally:
-                getattr(data, "close", lambda: None)()  # NativeWindows holds open files
+                reader.close()
 
     @staticmethod
-    def cache_bytes(data) -> int:
+    def cache_bytes(reader: Reader) -> int:
         """GDAL's block cache for a read, unless ``--gdal GDAL_CACHEMAX`` (or the environment) says.
 
         Two rows of tiles across every file (chips straddle tile rows), at least
@@ -110,7 +108,7 @@ class FeedSpec:
         """
         if os.environ.get("GDAL_CACHEMAX"):
             return cache_bytes(os.environ["GDAL_CACHEMAX"])
-        return max(DEFAULT_CACHE_BYTES, 2 * getattr(data, "tile_row_bytes", 0))
+        return max(DEFAULT_CACHE_BYTES, 2 * reader.tile_row_bytes)
 
 
 def feed(spec: FeedSpec, depth: int = 2) -> Iterator[ChipBatch]:
@@ -127,11 +125,3 @@ def feed(spec: FeedSpec, depth: int = 2) -> Iterator[ChipBatch]:
             trimmer.check()
     if spec.rows is None:
         warn_if_empty(spec.series[0][0].id, spec.chip_grid, spec.min_valid, stats)
-
-
-@contextmanager
-def reader_scheduler(threads: int) -> Iterator[None]:
-    """Dask reads (stackstac / odc-stac) run in the reader itself (1, measured fastest on small
-    machines: no task-graph thread hand-offs), or in a dask pool of ``threads``."""
-    with dask.config.set(scheduler="synchronous") if threads <= 1 else dask.config.set(num_workers=threads):
-        yield

@@ -1,7 +1,11 @@
 """Grid: a raster's pixel grid (CRS, affine transform, shape) and the geometry derived from it.
 
-Every stage that talks about pixels (stack, chips, writers, publish) uses this one type so
+Every stage that talks about pixels (readers, chips, writers, publish) uses this one type so
 that georeferencing is computed in exactly one place.
+
+By default an item is read on its source's own grid (``native_grid``): no resampling happens,
+and every pixel read is a pixel of the file. Resampling happens only when the caller asks for
+another CRS or resolution (``target_grid``), and then with the named method.
 """
 
 from __future__ import annotations
@@ -10,12 +14,15 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import pystac
 import rasterio
+import rasterio.warp
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from .errors import ReadError
+from .bands import BandSource
+from .errors import BandError, ConfigError, ReadError
 
 
 @dataclass(frozen=True)
@@ -80,3 +87,35 @@ def read_header(href: str) -> tuple[Grid, int]:
             return Grid(ds.crs, ds.transform, ds.width, ds.height), ds.count
     except rasterio.errors.RasterioIOError as exc:
         raise ReadError(f"cannot read raster {href}: {str(exc).splitlines()[0]}") from None
+
+
+def native_grid(item: pystac.Item, bands: list[BandSource]) -> Grid:
+    """The common grid of the bands' files, read from their headers (the ground truth).
+
+    Bands on different grids (e.g. 10 m and 20 m Sentinel-2 bands) have no common native
+    grid; rather than resample silently we ask the user to choose a resolution.
+    """
+    grids = {band.name: read_grid(band.href) for band in bands}
+    first = next(iter(grids.values()))
+    different = [name for name, grid in grids.items() if grid != first]
+    if different:
+        resolutions = sorted({f"{abs(g.transform.a):g}" for g in grids.values()})
+        raise BandError(
+            f"item {item.id!r}: bands {', '.join(grids)} are not on one pixel grid "
+            f"(resolutions {', '.join(resolutions)}); pass --resolution (and --resampling) to "
+            "resample them explicitly"
+        )
+    first.check_north_up(f"item {item.id!r}")
+    return first
+
+
+def target_grid(native: Grid, crs: str | None, resolution: float | None) -> Grid:
+    """A grid covering ``native`` in another CRS and/or resolution (explicit resampling)."""
+    try:
+        dst_crs = CRS.from_user_input(crs) if crs else native.crs
+    except rasterio.errors.CRSError as exc:
+        raise ConfigError(f"--crs {crs!r} is not a CRS: {exc}") from None
+    transform, width, height = rasterio.warp.calculate_default_transform(
+        native.crs, dst_crs, native.width, native.height, *native.bounds, resolution=resolution
+    )
+    return Grid(dst_crs, transform, width, height)

@@ -1,300 +1,133 @@
-"""Describe the outputs in STAC: one embeddings item per source item, a collection, a catalog.
+"""Publish a finished output catalog to a STAC API through the Transactions extension.
 
-Output documents are STAC 1.0.0 because the Embeddings extension v0.0.1 builds on the 1.0.0
-core schemas. They declare, and fill, the embeddings, projection v2.0.0, file v2.1.0 and
-processing v1.2.0 extensions. The catalog is self-contained: every href inside it is relative.
+Publishing is an upsert: a collection or item the API already has is replaced (POST answers
+409, then PUT), so re-publishing a run updates it and never duplicates an item. Relative
+asset and link hrefs are rewritten against ``asset_base_href`` (where the files were
+uploaded), because relative hrefs mean nothing once the JSON lives in a database.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from dataclasses import dataclass
-from datetime import datetime, timezone
+import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pystac
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3 import Retry
 
-from . import __version__
-from .access import redact
-from .chips import ChipGrid
-from .models import ModelCard
-from .writers import Layout
+from .access import Access, redact, redact_headers
+from .errors import PublishError
 
-STAC_VERSION = "1.0.0"
-EMBEDDINGS = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
-PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
-FILE = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
-PROCESSING = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
-MEDIA_TYPES = {
-    "geoparquet": "application/vnd.apache.parquet",
-    "geotiff": "image/tiff; application=geotiff; profile=cloud-optimized",
-}
-SUFFIXES = {"geoparquet": ".parquet", "geotiff": ".tif"}
+log = logging.getLogger("stacembed")
+
+# Links the API makes itself; publishing ours would point into the local directory tree.
+_SERVER_LINKS = {"self", "root", "parent", "child", "item", "items", "collection"}
 
 
-@dataclass(frozen=True)
-class Provenance:
-    """How the embeddings were made: model, weights and the parameters that shape them."""
-
-    card: ModelCard
-    layout: Layout
-    pretrained: bool
-    weights_sha256: str | None
-    chip_grid_size: int
-    stride: int
-    parameters: dict[str, Any]
-
-    def grid_description(self, item_id: str) -> str:
-        """Which pixel grid the chips were cut from: the source's own, or an explicit resampling."""
-        crs, resolution = self.parameters.get("crs"), self.parameters.get("resolution")
-        if not (crs or resolution):
-            return f"the native grid of item {item_id!r}"
-        target = " at ".join(str(v) for v in (crs, f"{resolution:g} units/px" if resolution else None) if v)
-        return f"item {item_id!r} resampled ({self.parameters.get('resampling')}) to {target}"
-
-    def runtime_parameters(self) -> dict[str, Any]:
-        return {
-            "mlm:name": self.card.name,
-            "mlm:architecture": self.card.architecture,
-            "mlm:pretrained": self.pretrained,
-            "weights_sha256": self.weights_sha256,
-            **self.parameters,
-        }
+def publish_catalog(catalog: str | Path, api: str, *, asset_base_href: str | None, access: Access = Access()) -> int:
+    """Create or update every collection and item of ``catalog`` on ``api``; returns the item count."""
+    root = _read_catalog(catalog)
+    root_dir = Path(root.get_self_href()).parent
+    if not asset_base_href:
+        raise PublishError("publishing needs --asset-base-href: the URL where the catalog's files are served")
+    rewrite = _Rewriter(root_dir, asset_base_href.rstrip("/"))
+    session = _session(access)
+    api = api.rstrip("/")
+    _check_transactions(session, api, access)
+    count = 0
+    for collection in root.get_all_collections():
+        coll_url = f"{api}/collections"
+        _upsert(session, coll_url, f"{coll_url}/{quote(collection.id, safe='')}",
+                rewrite.document(collection), access)
+        items_url = f"{coll_url}/{quote(collection.id, safe='')}/items"
+        for item in collection.get_items():
+            item.collection_id = collection.id
+            _upsert(session, items_url, f"{items_url}/{quote(item.id, safe='')}", rewrite.document(item), access)
+            count += 1
+        log.info("published collection %s (%d items) to %s", collection.id, count, redact(api))
+    return count
 
 
-def software_versions() -> dict[str, str]:
-    import timm
-    import torch
+class _Rewriter:
+    """Turns a local document's relative hrefs into URLs under the base where the files live."""
 
-    return {"stacembed": __version__, "torch": torch.__version__, "timm": timm.__version__}
+    def __init__(self, root_dir: Path, base: str) -> None:
+        self.root_dir = root_dir.resolve()
+        self.base = base
 
+    def document(self, obj: pystac.Collection | pystac.Item) -> dict[str, Any]:
+        data = obj.to_dict(include_self_link=False, transform_hrefs=False)
+        doc_dir = Path(obj.get_self_href()).parent
+        for asset in data.get("assets", {}).values():
+            asset["href"] = self.href(asset["href"], doc_dir)
+        links = [link for link in data.get("links", []) if link.get("rel") not in _SERVER_LINKS]
+        for link in links:
+            link["href"] = self.href(link["href"], doc_dir)
+        data["links"] = links
+        return data
 
-def asset_key(fmt: str, formats: tuple[str, ...]) -> str:
-    """The first requested format is the ``embeddings`` asset; others are ``embeddings-<format>``."""
-    return "embeddings" if fmt == formats[0] else f"embeddings-{fmt}"
-
-
-def output_item(
-    sources: list[pystac.Item],
-    *,
-    item_id: str,
-    collection_id: str,
-    files: dict[str, Path],
-    formats: tuple[str, ...],
-    chip_grid: ChipGrid,
-    provenance: Provenance,
-    model_href: str,
-    properties: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The STAC item describing the embeddings of ``sources`` (hrefs relative to the item file).
-
-    One source item, or a time series on one grid (described by its first item, spanning all
-    of their times). ``properties`` are what the writers determined (e.g. ``emb:quantization``).
-    """
-    source = sources[0]
-    extra = properties or {}
-    properties = {k: v for k, v in source.properties.items() if not k.startswith("proj:")}
-    properties.update(extra)
-    if len(sources) > 1:
-        properties.update(_time_span(sources))
-    properties.update({
-        "processing:software": software_versions(),
-        "processing:datetime": pystac.utils.datetime_to_str(datetime.now(timezone.utc)),
-        "processing:lineage": (
-            f"{chip_grid.size}x{chip_grid.size} px chips every {chip_grid.stride} px on "
-            f"{provenance.grid_description(source.id)}, embedded with model {provenance.card.name!r} "
-            f"({provenance.card.architecture})"
-        ),
-        "emb:runtime_parameters": provenance.runtime_parameters(),
-    })
-    item = pystac.Item(
-        id=item_id,
-        geometry=source.geometry,
-        bbox=source.bbox,
-        datetime=source.datetime if len(sources) == 1 else None,
-        properties=properties,
-        collection=collection_id,
-        stac_extensions=[EMBEDDINGS, PROJECTION, FILE, PROCESSING],
-    )
-    for fmt in formats:
-        item.add_asset(asset_key(fmt, formats), _asset(fmt, files[fmt], chip_grid, provenance))
-    for each in sources:
-        href = canonical_href(each)
-        if href:
-            item.add_link(pystac.Link("derived_from", href, pystac.MediaType.JSON, f"Source item {each.id}"))
-    item.add_link(pystac.Link("emb:model", model_href, pystac.MediaType.JSON, provenance.card.name))
-    data = item.to_dict(include_self_link=False, transform_hrefs=False)
-    data["stac_version"] = STAC_VERSION
-    return data
+    def href(self, href: str, doc_dir: Path) -> str:
+        if "://" in href or href.startswith("/"):
+            return href
+        local = (doc_dir / href).resolve()
+        try:
+            relative = local.relative_to(self.root_dir)
+        except ValueError:
+            return str(local)  # outside the catalog: nothing was uploaded there
+        return f"{self.base}/{relative.as_posix()}"
 
 
-def canonical_href(obj: pystac.STACObject) -> str | None:
-    """Where a source item (or collection) lives for good, credentials removed: its
-    ``canonical`` link, else its own href.
-
-    A copy (a platform's stage-in, a mirror) names the original with ``canonical`` (STAC best
-    practices), and provenance should outlive the copy, which may be a staging directory that
-    is gone once the job ends.
-    """
-    canonical = obj.get_single_link("canonical")
-    href = canonical.get_absolute_href() if canonical is not None else obj.get_self_href()
-    return redact(href) if href else None
-
-
-def _time_span(sources: list[pystac.Item]) -> dict[str, Any]:
-    from .resolve import item_time_range
-
-    ranges = [item_time_range(s) for s in sources]
-    return {
-        "datetime": None,
-        "start_datetime": pystac.utils.datetime_to_str(min(r[0] for r in ranges)),
-        "end_datetime": pystac.utils.datetime_to_str(max(r[1] for r in ranges)),
-        "stacembed:source_items": [s.id for s in sources],
-    }
+def _read_catalog(catalog: str | Path) -> pystac.Catalog:
+    path = Path(catalog)
+    if path.is_dir():
+        path = path / "catalog.json"
+    if not path.is_file():
+        raise PublishError(f"{path} does not exist; publish the directory a `stacembed run --out` wrote")
+    try:
+        root = pystac.Catalog.from_file(str(path))
+    except (pystac.STACError, pystac.STACTypeError, ValueError, KeyError) as exc:
+        raise PublishError(f"cannot read STAC catalog {path}: {exc}") from None
+    root.set_self_href(str(path.resolve()))
+    return root
 
 
-def _asset(fmt: str, path: Path, chip_grid: ChipGrid, provenance: Provenance) -> pystac.Asset:
-    extra: dict[str, Any] = {"file:size": path.stat().st_size, "file:checksum": multihash_sha256(path)}
-    if fmt == "geotiff":
-        layout = provenance.layout
-        grid = chip_grid.patch_grid(layout.patches) if layout.dense else chip_grid.embedding_grid
-        extra.update({
-            "proj:code": grid.crs_code,
-            "proj:shape": [grid.height, grid.width],
-            "proj:transform": list(grid.transform)[:6],
-        })
-    title = {"geoparquet": "Chip embeddings (GeoParquet, one row per chip)",
-             "geotiff": "Chip embeddings on the chip grid (COG, one band per dimension)"}[fmt]
-    return pystac.Asset(
-        href=f"./{path.name}", media_type=MEDIA_TYPES[fmt], roles=["data", "embeddings"],
-        title=title, extra_fields=extra,
-    )
+def _session(access: Access) -> requests.Session:
+    session = requests.Session()
+    retry = Retry(total=access.retries, backoff_factor=0.5, status_forcelist=(429, 502, 503, 504),
+                  allowed_methods=None, raise_on_status=False)
+    for scheme in ("http://", "https://"):
+        session.mount(scheme, HTTPAdapter(max_retries=retry))
+    session.headers.update(access.headers)
+    return session
 
 
-def multihash_sha256(path: Path) -> str:
-    """``file:checksum`` value: a multihash of SHA2-256 (code 0x12, length 0x20) in hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return "1220" + digest.hexdigest()
+def _check_transactions(session: requests.Session, api: str, access: Access) -> None:
+    landing = _call(session, "GET", api, access)
+    conforms = (landing.json() or {}).get("conformsTo", []) if landing.ok else []
+    if not any("transaction" in uri for uri in conforms):
+        raise PublishError(
+            f"{redact(api)} does not conform to the STAC API Transactions extension; "
+            "it cannot take new collections or items"
+        )
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+def _upsert(session: requests.Session, create_url: str, update_url: str, data: dict[str, Any], access: Access) -> None:
+    what = f"{data['type'].lower()} {data['id']!r}"
+    response = _call(session, "POST", create_url, access, json=data)
+    if response.status_code == 409:
+        response = _call(session, "PUT", update_url, access, json=data)
+    if not response.ok:
+        body = redact_headers(" ".join(response.text.split())[:300], access.headers)
+        raise PublishError(f"{redact(create_url)} refused {what}: HTTP {response.status_code} {body}")
 
 
-def write_catalog(
-    out: Path,
-    collection_id: str,
-    items: list[dict[str, Any]],
-    *,
-    provenance: Provenance,
-    source_href: str | None,
-    description: str,
-) -> Path:
-    """Write the collection, its stac-geoparquet mirror and the root catalog; items exist already."""
-    coll_dir = out / collection_id
-    collection = _collection(collection_id, items, provenance, source_href, description)
-    for item in sorted(items, key=lambda d: d["id"]):
-        collection["links"].append({"rel": "item", "href": f"./{item_dir_name(item['id'])}/{item_dir_name(item['id'])}.json",
-                                    "type": "application/geo+json"})
-    _write_items_parquet(coll_dir / "items.parquet", items, collection_id)
-    collection["assets"]["geoparquet-items"] = {
-        "href": "./items.parquet", "type": MEDIA_TYPES["geoparquet"], "roles": ["collection-mirror"],
-        "title": "The collection's items as stac-geoparquet",
-    }
-    write_json(coll_dir / "collection.json", collection)
-    catalog = {
-        "type": "Catalog", "stac_version": STAC_VERSION, "id": "stacembed-output",
-        "description": "Embeddings made by stacembed.",
-        "links": [
-            {"rel": "root", "href": "./catalog.json", "type": "application/json"},
-            {"rel": "child", "href": f"./{collection_id}/collection.json", "type": "application/json"},
-        ],
-    }
-    write_json(out / "catalog.json", catalog)
-    return out / "catalog.json"
+def _call(session: requests.Session, method: str, url: str, access: Access, **kwargs: Any) -> requests.Response:
+    try:
+        return session.request(method, url, timeout=access.timeout, **kwargs)
+    except requests.RequestException as exc:
+        kind = "no answer in time" if isinstance(exc, requests.Timeout) else "cannot connect"
+        raise PublishError(f"STAC API {redact(url)}: {kind} ({type(exc).__name__})") from None
 
-
-def _collection(collection_id, items, provenance: Provenance, source_href, description) -> dict[str, Any]:
-    card, layout = provenance.card, provenance.layout
-    chip_size, stride = provenance.chip_grid_size, provenance.stride
-    bboxes = [i["bbox"] for i in items if i.get("bbox")]
-    times = sorted(t for i in items for t in _times(i))
-    spatial = [min(b[0] for b in bboxes), min(b[1] for b in bboxes), max(b[2] for b in bboxes),
-               max(b[3] for b in bboxes)] if bboxes else [-180, -90, 180, 90]
-    links = [
-        {"rel": "root", "href": "../catalog.json", "type": "application/json"},
-        {"rel": "parent", "href": "../catalog.json", "type": "application/json"},
-        {"rel": "emb:model", "href": "./" + model_card_href(card).removeprefix("../"), "type": "application/geo+json",
-         "title": card.name},
-    ]
-    if source_href:
-        links.append({"rel": "emb:source-data", "href": source_href, "type": "application/json"})
-    return {
-        "type": "Collection",
-        "stac_version": STAC_VERSION,
-        "stac_extensions": [EMBEDDINGS],
-        "id": collection_id,
-        "description": description,
-        "license": "other",
-        "extent": {"spatial": {"bbox": [spatial]},
-                   "temporal": {"interval": [[times[0] if times else None, times[-1] if times else None]]}},
-        "emb:type": "pixel" if layout.dense else "chip",
-        "emb:dimensions": layout.dimensions,
-        "data_type": layout.dtype,
-        "emb:chip_layout": {"layout_type": "regular_grid", "chip_size": [chip_size, chip_size],
-                            "stride": [stride, stride]},
-        "links": links,
-        "assets": {},
-    }
-
-
-def _times(item: dict[str, Any]) -> list[str]:
-    props = item["properties"]
-    return [t for t in (props.get("datetime"), props.get("start_datetime"), props.get("end_datetime")) if t]
-
-
-def _write_items_parquet(path: Path, items: list[dict[str, Any]], collection_id: str) -> None:
-    import stac_geoparquet.arrow
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    records = [{**item, "collection": collection_id} for item in items]
-    table = stac_geoparquet.arrow.parse_stac_items_to_arrow(records)
-    stac_geoparquet.arrow.to_parquet(table, tmp)
-    os.replace(tmp, path)
-
-
-def model_card_href(card: ModelCard) -> str:
-    """Where an output item finds the copy of the model card (see ``write_model_card``)."""
-    return f"../model/{item_dir_name(card.name)}.json"
-
-
-def write_model_card(coll_dir: Path, card: ModelCard) -> None:
-    """Copy the card next to the outputs (weights hrefs made absolute) so ``emb:model`` resolves."""
-    model_dir = coll_dir / "model"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    data = json.loads(json.dumps(card.item))
-    for asset in data.get("assets", {}).values():
-        if "mlm:model" in asset.get("roles", ()) and card.weights_href:
-            asset["href"] = card.weights_href
-    data["links"] = [l for l in data.get("links", []) if l.get("rel") not in ("self", "root", "parent", "collection")]
-    data.pop("collection", None)
-    write_json(model_dir / f"{item_dir_name(card.name)}.json", data)
-
-
-def item_dir_name(item_id: str) -> str:
-    """A filesystem-safe name for an item id; ids that need changing get a hash to stay unique."""
-    import re
-
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", item_id).lstrip(".") or "item"
-    if safe == item_id:
-        return safe
-    return f"{safe[:100]}-{hashlib.sha1(item_id.encode()).hexdigest()[:8]}"

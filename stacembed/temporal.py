@@ -23,8 +23,8 @@ import pystac
 
 from .bands import BandSource
 from .errors import ResolveError
+from .grid import native_grid
 from .resolve import item_time_range
-from .stack import native_grid
 
 log = logging.getLogger("stacembed")
 

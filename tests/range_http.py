@@ -18,8 +18,8 @@ import http.server
 import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pystac_client
 import pytest
-
 from conftest import make_item
 
 COLLECTION = "synthetic-api"

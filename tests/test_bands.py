@@ -2,11 +2,10 @@ import math
 
 import pystac
 import pytest
+from conftest import make_item
 
 from stacembed.bands import match_bands
 from stacembed.errors import BandError
-
-from conftest import make_item
 
 
 @pytest.mark.parametrize("dialect", ["1.0", "1.1"])
@@ -101,8 +100,8 @@ def test_preset_rules_reach_the_pixels(tmp_path):
     import rasterio
 
     from stacembed.grid import read_grid
+    from stacembed.readers import DirectReader
     from stacembed.resolve.presets import ValueRule
-    from stacembed.stack import NativeWindows
 
     data = make_item(tmp_path, "a", dialect="1.1", origin=(500000.0, 9100000.0), shape=(8, 8), seed=3)
     for asset in data["assets"].values():
@@ -115,7 +114,7 @@ def test_preset_rules_reach_the_pixels(tmp_path):
     red = match_bands(item, ["red"], {}, [rule])[0]
     with rasterio.open(red.href) as ds:
         stored = ds.read(1).astype("float64")
-    reader = NativeWindows([(item, [red])], read_grid(red.href))
+    reader = DirectReader([(item, [red])], read_grid(red.href))
     try:
         got = reader.read(slice(0, 8), slice(0, 8))[0][0]
     finally:

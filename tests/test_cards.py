@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from stac_validation import validate_file
+
 from stacembed.models import create_backbone, list_cards, load_card, resolve_card
 from stacembed.models.registry import CARDS_DIR
 

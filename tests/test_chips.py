@@ -7,6 +7,7 @@ from rasterio.crs import CRS
 from stacembed import chips as chips_module
 from stacembed.chips import ChipGrid, read_batches, run_length
 from stacembed.grid import Grid
+from stacembed.readers.stack import StackReader
 
 GRID = Grid(CRS.from_epsg(32725), Affine(30.0, 0, 500010.0, 0, -30.0, 9100020.0), width=100, height=70)
 
@@ -54,7 +55,7 @@ def run_bytes(request, monkeypatch):
 def test_read_batches_pads_edges_and_applies_min_valid(run_bytes):
     data = np.arange(2 * 70 * 100, dtype="float32").reshape(2, 70, 100)
     data[:, :10, :] = np.nan  # a strip without data
-    stack = xr.DataArray(data, dims=("band", "y", "x"))
+    stack = StackReader(xr.DataArray(data, dims=("band", "y", "x")))
     chips = ChipGrid(GRID, size=32, stride=32)
     batches = list(read_batches(stack, chips, batch_size=5, min_valid=0.5))
     got = [c for b in batches for c in b.chips]
@@ -75,7 +76,7 @@ def test_valid_fractions_match_each_chip_counted_on_its_own(run_bytes):
     data = rng.random((3, 70, 100)).astype("float32")
     data[rng.random(data.shape) < 0.2] = np.nan  # scattered gaps in single bands
     data[:, 40:55, 20:90] = np.nan
-    stack = xr.DataArray(data, dims=("band", "y", "x"))
+    stack = StackReader(xr.DataArray(data, dims=("band", "y", "x")))
     for size, stride in ((32, 32), (32, 12), (16, 16)):
         chips = ChipGrid(GRID, size=size, stride=stride)
         for batch in read_batches(stack, chips, batch_size=4, min_valid=0.0):
@@ -91,7 +92,7 @@ def test_read_runs_span_a_batch_or_more_as_bytes_allow_and_give_the_same_batches
     assert run_length(16, 6 * 64 * 64 * 4) == 85  # 8 MiB of 6-band 64 px chips
     assert run_length(16, 13 * 224 * 224 * 4) == 16  # large chips: one batch per run
     data = np.random.default_rng(4).random((2, 70, 100)).astype("float32")
-    stack = xr.DataArray(data, dims=("band", "y", "x"))
+    stack = StackReader(xr.DataArray(data, dims=("band", "y", "x")))
     grid = ChipGrid(GRID, size=16, stride=8)
     results = []
     for limit in (1, 2**30):
@@ -123,7 +124,7 @@ def _native(tmp_path, case):
     import pystac
 
     from stacembed.bands import BandSource
-    from stacembed.stack import NativeWindows
+    from stacembed.readers import DirectReader
 
     rng = np.random.default_rng(7)
     raw = rng.integers(1, 4000, (2, GRID.height, GRID.width)).astype("uint16")
@@ -148,7 +149,7 @@ def _native(tmp_path, case):
     expected = (raw.astype("float64") * scale + offset).astype("float32")
     expected[np.broadcast_to(~mask, gaps.shape) if mask is not None else gaps] = np.nan
     item = pystac.Item("native", None, None, __import__("datetime").datetime(2024, 1, 1), {})
-    return NativeWindows([(item, bands)], GRID), expected
+    return DirectReader([(item, bands)], GRID), expected
 
 
 NATIVE_CASES = ["declared nodata, scaled", "file nodata", "float NaN, nothing declared", "internal mask", "all valid"]
@@ -164,7 +165,8 @@ def test_direct_reads_give_the_chips_and_fractions_of_an_independent_stack(tmp_p
         direct = list(read_batches(reader, chips, batch_size=5, min_valid=0.3))
     finally:
         reader.close()
-    stacked = list(read_batches(xr.DataArray(expected, dims=("band", "y", "x")), chips, batch_size=5, min_valid=0.3))
+    stacked = list(read_batches(StackReader(xr.DataArray(expected, dims=("band", "y", "x"))), chips,
+                                batch_size=5, min_valid=0.3))
     assert [b.chips for b in direct] == [b.chips for b in stacked] and direct
     for a, b in zip(direct, stacked):
         np.testing.assert_array_equal(a.pixels, b.pixels)
@@ -180,7 +182,8 @@ def test_batches_of_consecutive_chips_are_views_of_the_pixels_read(run_bytes):
     data = np.random.default_rng(5).random((2, 70, 100)).astype("float32")
     data[:, 32:, 70:] = np.nan  # chips of the lower right are dropped
     chips = ChipGrid(GRID, size=16, stride=8)  # 12 columns, the last padded; batches of 5 straddle rows
-    batches = list(read_batches(xr.DataArray(data, dims=("band", "y", "x")), chips, batch_size=5, min_valid=0.6))
+    batches = list(read_batches(StackReader(xr.DataArray(data, dims=("band", "y", "x"))), chips,
+                                batch_size=5, min_valid=0.6))
     assert sum(not b.pixels.flags.owndata for b in batches) >= len(batches) // 2
     padded = np.full((2, 80, 112), np.nan, "float32")
     padded[:, :70, :100] = data

@@ -12,7 +12,7 @@ from rasterio.windows import Window
 
 from stacembed.chips import ChipBatch, ChipGrid
 from stacembed.grid import Grid
-from stacembed.writers import Layout, SourceInfo
+from stacembed.writers import EmbeddingLayout, SourceInfo
 from stacembed.writers.cog import TILE_BYTES, CogWriter, _block
 
 SOURCE = SourceInfo("item", "collection", "2000-01-01T00:00:00Z", {})
@@ -37,7 +37,7 @@ def write_cog(path, chips: int, dims: int, seed: int = 0) -> np.ndarray:
     """Random embeddings for a ``chips`` x ``chips`` grid of 8 px chips, written as a COG."""
     grid = Grid(CRS.from_epsg(32633), Affine(10.0, 0, 500000.0, 0, -10.0, 6000000.0), chips * 8, chips * 8)
     chip_grid = ChipGrid(grid, 8, 8)
-    writer = CogWriter(path, chip_grid, SOURCE, Layout(dims))
+    writer = CogWriter(path, chip_grid, SOURCE, EmbeddingLayout(dims))
     values = np.random.default_rng(seed).normal(size=(chips, chips, dims)).astype("float32")
     for row in range(chips):
         batch = ChipBatch([chip_grid.chip(row, col) for col in range(chips)], np.zeros((chips, 1, 8, 8), "float32"),

@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ def test_bbox_parses_and_validates():
 
 
 def test_datetime_intervals():
-    utc = timezone.utc
+    utc = UTC
     assert parse_datetime("2024-06-01/2024-06-30") == (
         datetime(2024, 6, 1, tzinfo=utc), datetime(2024, 6, 30, 23, 59, 59, 999999, tzinfo=utc))
     assert parse_datetime("../2024-01-01T00:00:00Z") == (None, datetime(2024, 1, 1, tzinfo=utc))

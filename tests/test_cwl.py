@@ -21,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pyarrow.parquet as pq
@@ -30,7 +31,6 @@ import pystac
 import pytest
 import rasterio
 import yaml
-
 from conftest import DEMO_CARD, REPO, make_catalog, make_item
 from stac_validation import validate_tree
 

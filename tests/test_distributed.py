@@ -9,7 +9,8 @@ import numpy as np
 from distributed import Client, LocalCluster, WorkerPlugin
 
 from stacembed import RunConfig, run
-from stacembed.read import read_geoparquet
+from stacembed.embeddings import read_geoparquet
+from stacembed.layout import is_temporary
 
 
 class KillFirstEmbedTask(WorkerPlugin):
@@ -49,7 +50,7 @@ def test_two_workers_match_one_process_and_survive_a_killed_worker(synthetic_cat
     assert got.keys() == expected.keys()
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name])
-    leftovers = [p for p in (tmp_path / "cluster").rglob("*") if p.name.startswith(".tmp-") or p.suffix == ".part"]
+    leftovers = [p for p in (tmp_path / "cluster").rglob("*") if is_temporary(p)]
     assert not leftovers
     item_files = list((tmp_path / "cluster").glob("*/*/*.json"))
     assert sorted(p.stem for p in item_files if p.parent.name != "model") == sorted(single.items_done)
@@ -91,7 +92,7 @@ def test_tile_rows_cover_the_chip_rows_once():
     from rasterio.crs import CRS
 
     from stacembed.chips import ChipGrid
-    from stacembed.distributed import tile_rows
+    from stacembed.executors.cluster import tile_rows
     from stacembed.grid import Grid
 
     grid = ChipGrid(Grid(CRS.from_epsg(32633), Affine(10, 0, 0, 0, -10, 0), 5 * 32, 7 * 32), 32, 32)
@@ -124,29 +125,30 @@ def test_large_items_split_into_tiles_give_single_process_files_and_survive_a_ki
 
 
 def test_a_rerun_keeps_the_parts_an_interrupted_run_finished(synthetic_catalog, tmp_path):
-    from stacembed.distributed import _parts_dir, tile_rows
-    from stacembed.pipeline import describe_run, load_embedder, prepare
+    from stacembed.executors.cluster import parts_dir, tile_rows
+    from stacembed.job import Inputs, Run
     from stacembed.writers.parts import part_path, read_parts, write_part
 
     catalog = synthetic_catalog("1.0", n_items=1, shape=(200, 150))
     config = RunConfig(out=tmp_path / "out", catalog=str(catalog), weights="random", chip_size=32, workers=1,
                        tile_chips=10, formats=("geoparquet",), progress=False)
-    prepared = prepare(config)
-    embedder, weights = load_embedder(prepared)
-    provenance = describe_run(prepared, embedder, weights)
-    series = prepared.series[0]
-    chip_grid = prepared.plan_item(series).chip_grid
+    inputs = Inputs.resolve(config)
+    embedder, weights = inputs.load_embedder()
+    frozen = Run.freeze(inputs, embedder, weights)
+    provenance = frozen.provenance
+    series = inputs.series[0]
+    chip_grid = inputs.plan_item(series).chip_grid
     first = tile_rows(chip_grid, 10)[0]
     # A part left by an interrupted run, with values no model gives: the rerun must use it.
-    marked = np.full((chip_grid.cols, provenance.layout.dimensions), 7.0, "float32")
+    marked = np.full((chip_grid.cols, provenance.embedding.dimensions), 7.0, "float32")
     from stacembed.chips import ChipBatch
 
-    directory = _parts_dir(prepared, series, provenance)
+    directory = parts_dir(frozen, series)
     directory.mkdir(parents=True)
     batches = [(ChipBatch([chip_grid.chip(r, c) for c in range(chip_grid.cols)], np.empty((chip_grid.cols, 0)),
                           np.ones(chip_grid.cols, "float32")), marked) for r in first]
-    assert write_part(part_path(directory, first), batches, provenance.layout) == len(first) * chip_grid.cols
-    replayed = list(read_parts([part_path(directory, first)], chip_grid, provenance.layout))
+    assert write_part(part_path(directory, first), batches, provenance.embedding) == len(first) * chip_grid.cols
+    replayed = list(read_parts([part_path(directory, first)], chip_grid, provenance.embedding))
     assert [c.row for b, _ in replayed for c in b.chips] == [r for r in first for _ in range(chip_grid.cols)]
 
     summary = run(config)
@@ -164,11 +166,11 @@ def test_part_files_round_trip_dense_embeddings(tmp_path):
 
     from stacembed.chips import ChipBatch, ChipGrid
     from stacembed.grid import Grid
-    from stacembed.writers import Layout
+    from stacembed.writers import EmbeddingLayout
     from stacembed.writers.parts import part_path, read_parts, write_part
 
     grid = ChipGrid(Grid(CRS.from_epsg(32633), Affine(10, 0, 0, 0, -10, 0), 3 * 32, 2 * 32), 32, 32)
-    layout = Layout(4, patches=(2, 2))
+    layout = EmbeddingLayout(4, patches=(2, 2))
     values = np.random.default_rng(0).normal(size=(3, 4, 2, 2)).astype("float32")
     batch = ChipBatch([grid.chip(1, c) for c in range(3)], np.empty((3, 0)), np.array([1.0, 0.5, 0.75], "float32"))
     path = part_path(tmp_path, range(1, 2))

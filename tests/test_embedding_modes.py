@@ -13,13 +13,13 @@ import pytest
 import rasterio
 import timm
 import torch
+from conftest import DEMO_CARD, SAMPLE
 from safetensors.torch import save_file
 
-from conftest import DEMO_CARD, SAMPLE
 from stacembed import RunConfig, run
+from stacembed.embeddings import read_geoparquet, read_geotiff
 from stacembed.errors import ConfigError, ModelError
 from stacembed.models.pooling import FeatureModel
-from stacembed.read import read_geoparquet, read_geotiff
 
 ITEM = "L7-olinda-r0c0"
 

@@ -13,10 +13,9 @@ import pytest
 import rasterio
 import timm
 import torch
+from conftest import DEMO_CARD, SYNTHETIC_BANDS
 from rasterio.windows import Window
 from safetensors.torch import load_file
-
-from conftest import DEMO_CARD, SYNTHETIC_BANDS
 
 
 def reference_embedding(item_dir, card, window, scale, offset, nodata):

@@ -6,15 +6,13 @@ from pathlib import Path
 import duckdb
 import geopandas as gpd
 import numpy as np
+import pyarrow.parquet as pq
 import pystac
 import pytest
 import rasterio
-import pyarrow.parquet as pq
 import stac_geoparquet.arrow
-
-from stac_validation import validate_tree
-
 from conftest import SAMPLE
+from stac_validation import validate_tree
 
 
 @pytest.fixture(scope="module")

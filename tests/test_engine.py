@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +13,28 @@ import pystac
 import pytest
 import rasterio
 import torch
+import xarray as xr
 
 from stacembed import RunConfig, run
 from stacembed.access import DEFAULT_CACHE_BYTES
 from stacembed.bands import BandSource
+from stacembed.chips import ChipGrid
+from stacembed.concurrency import ordered_map, prefetch
 from stacembed.embed import (
-    MAX_STREAMS, Embedder, configure_threads, default_prefetch, default_streams, prefers_channels_last, usable_cores,
+    MAX_STREAMS,
+    Embedder,
+    configure_threads,
+    default_prefetch,
+    default_streams,
+    prefers_channels_last,
+    usable_cores,
 )
 from stacembed.errors import ConfigError
-from stacembed.concurrency import ordered_map, prefetch
-from stacembed.chips import ChipGrid
 from stacembed.feed import AHEAD_BYTES, FeedSpec
 from stacembed.grid import Grid, read_grid
-from stacembed.stack import NativeWindows
 from stacembed.models import resolve_card
+from stacembed.readers import DirectReader
+from stacembed.readers.stack import StackReader
 
 
 def test_prefetch_keeps_order_and_reads_ahead_a_bounded_number():
@@ -226,7 +234,7 @@ def test_reading_ahead_or_in_line_gives_the_same_files(tmp_path):
 
 def test_batches_queued_ahead_fit_a_fixed_number_of_bytes_whatever_the_area():
     href = str(Path(__file__).parent.parent / "catalogs/sample/landsat-etm-sample/L7-olinda-r0c0/blue.tif")
-    item = pystac.Item("x", None, None, datetime=datetime(2000, 1, 1, tzinfo=timezone.utc), properties={})
+    item = pystac.Item("x", None, None, datetime=datetime(2000, 1, 1, tzinfo=UTC), properties={})
     bands = [BandSource(name, name, href) for name in ("a", "b", "c", "d", "e", "f")]
     grid = read_grid(href)
 
@@ -246,14 +254,15 @@ def test_gdal_block_cache_holds_two_tile_rows_and_follows_the_user(monkeypatch):
 
     monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
     assert FeedSpec.cache_bytes(Wide()) == 2 * Wide.tile_row_bytes
-    assert FeedSpec.cache_bytes(object()) == DEFAULT_CACHE_BYTES  # a lazy stack: the floor
+    lazy = StackReader(xr.DataArray(np.zeros((1, 1, 1))))
+    assert FeedSpec.cache_bytes(lazy) == DEFAULT_CACHE_BYTES  # a lazy stack: the floor
     monkeypatch.setenv("GDAL_CACHEMAX", "300MB")
     assert FeedSpec.cache_bytes(Wide()) == 300 * 2**20
 
     href = str(Path(__file__).parent.parent / "catalogs/sample/landsat-etm-sample/L7-olinda-r0c0/blue.tif")
     with rasterio.open(href) as ds:
         (block_h, block_w), width, size = ds.block_shapes[0], ds.width, np.dtype(ds.dtypes[0]).itemsize
-    item = pystac.Item("x", None, None, datetime=datetime(2000, 1, 1, tzinfo=timezone.utc), properties={})
-    data = NativeWindows([(item, [BandSource("blue", "blue", href), BandSource("b", "b", href)])], read_grid(href))
+    item = pystac.Item("x", None, None, datetime=datetime(2000, 1, 1, tzinfo=UTC), properties={})
+    data = DirectReader([(item, [BandSource("blue", "blue", href), BandSource("b", "b", href)])], read_grid(href))
     assert data.tile_row_bytes == 2 * -(-width // block_w) * block_w * block_h * size
     data.close()

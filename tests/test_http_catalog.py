@@ -16,7 +16,6 @@ import urllib.request
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from range_http import serve
 
 # The run's own network settings (applied to GDAL as config options, over the environment).

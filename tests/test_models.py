@@ -10,6 +10,7 @@ import threading
 import pytest
 import timm
 import torch
+from conftest import DEMO_CARD
 from safetensors.torch import save_file
 
 from stacembed.embed import Embedder
@@ -17,8 +18,6 @@ from stacembed.errors import ModelError
 from stacembed.models import ModelCard, create_backbone, list_cards, register_architecture, resolve_card
 from stacembed.models.scaling import apply_value_scaling
 from stacembed.models.weights import create_with_weights, load_weights, resolve_weights
-
-from conftest import DEMO_CARD
 
 
 def card_dict(**changes):

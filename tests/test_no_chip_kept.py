@@ -14,10 +14,8 @@ import geopandas as gpd
 import numpy as np
 import pyarrow.parquet as pq
 import rasterio
-
-from stac_validation import validate_tree
-
 from conftest import EPSG
+from stac_validation import validate_tree
 
 
 def outputs(out, item_id="item-0"):

@@ -33,7 +33,6 @@ from stacembed.models.card import ModelCard
 from stacembed.models.registry import create_backbone
 from stacembed.models.weights import load_weights
 
-
 # -- the official layout, from the reference source ------------------------------------------------
 
 def block_layout(prefix: str, dim: int, mlp_ratio: int = 4) -> dict[str, tuple[int, ...]]:

@@ -14,14 +14,14 @@ import pytest
 import rasterio
 import rasterio.warp
 import torch
+from conftest import DEMO_CARD, EPSG, RES, SYNTHETIC_BANDS
 
 from stacembed.bands import match_bands
 from stacembed.embed import Embedder
+from stacembed.grid import native_grid, target_grid
 from stacembed.models import resolve_card
+from stacembed.readers.stack import stack_item
 from stacembed.resolve import resolve_items
-from stacembed.stack import native_grid, stack_item, target_grid
-
-from conftest import DEMO_CARD, EPSG, RES, SYNTHETIC_BANDS
 
 WEST, NORTH = 500000.0, 9100000.0  # top-left corner of item-0 of the synthetic catalog
 

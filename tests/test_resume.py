@@ -9,6 +9,8 @@ import time
 
 import duckdb
 
+from stacembed.layout import is_temporary
+
 
 def _items(out):
     return sorted(p for p in out.glob("*/*/*.json") if p.parent.name != "model")
@@ -61,7 +63,7 @@ def test_killed_run_resumes_without_duplicates(synthetic_catalog, tmp_path):
     after = {p.stem: p.stat().st_mtime_ns for p in _items(out)}
     assert sorted(after) == ["item-0", "item-1", "item-2", "item-3"]
     assert all(after[k] == v for k, v in finished_before.items())
-    assert not list(out.glob("*/.tmp-*")), "temporary directories must be cleaned up"
+    assert not [p for p in out.glob("*/.*") if is_temporary(p)], "temporary directories must be cleaned up"
     for parquet in out.glob("*/item-*/item-*.parquet"):
         count, distinct = duckdb.sql(f"select count(*), count(distinct id) from '{parquet}'").fetchall()[0]
         assert count == distinct > 0

@@ -15,7 +15,12 @@ from stacembed.errors import ConfigError
 from stacembed.resolve import Search, load_presets
 from stacembed.resolve.api import search_parameters
 from stacembed.resolve.filters import (
-    ItemFilter, apply, parse_filter, parse_intersects, parse_query, parse_sortby,
+    ItemFilter,
+    apply,
+    parse_filter,
+    parse_intersects,
+    parse_query,
+    parse_sortby,
 )
 
 

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 import requests
 from pystac_client import Client
-
 from servers import PgstacApi, StartRustac
 
 ITEM_COUNT = 25

@@ -2,9 +2,8 @@
 
 import copy
 
-from stac_validation import validate, validate_tree
-
 from conftest import DEMO_CARD, SAMPLE
+from stac_validation import validate, validate_tree
 
 ITEM = {
     "type": "Feature", "stac_version": "1.0.0", "id": "x", "stac_extensions": [],

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import rasterio
+from conftest import make_catalog, make_item, write_cog
 
 from stacembed.bands import match_bands
 from stacembed.errors import BandError
+from stacembed.grid import native_grid, target_grid
+from stacembed.readers.stack import stack_item
 from stacembed.resolve import resolve_items
-from stacembed.stack import native_grid, stack_item, target_grid
-
-from conftest import make_catalog, make_item, write_cog
 
 BANDS = ["blue", "red", "swir22"]
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-
 from conftest import DEMO_CARD, SYNTHETIC_BANDS, make_catalog, make_item
+
 from stacembed import RunConfig, run
+from stacembed.embeddings import read_geoparquet
 from stacembed.errors import ResolveError
 from stacembed.models import register_architecture
 from stacembed.models.backbones.prithvi import PrithviViT
-from stacembed.read import read_geoparquet
 
 TINY = dict(img_size=32, patch_size=(1, 16, 16), num_frames=2, in_chans=6, embed_dim=32, depth=2, num_heads=2)
 

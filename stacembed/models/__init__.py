@@ -4,6 +4,10 @@ from .card import ModelCard, load_card
 from .export import export_card
 from .registry import create_backbone, list_cards, register_architecture, resolve_card
 
+# isort: split
+# As timm.models does: the model files register their architectures on import, after the registry.
+from . import backbones  # noqa: F401
+
 __all__ = [
     "ModelCard",
     "create_backbone",

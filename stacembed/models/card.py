@@ -16,6 +16,7 @@ from ..errors import ModelError
 from .scaling import check_value_scaling
 
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
+_CATALOG_RELS = ("self", "root", "parent", "collection")
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class ModelCard:
     item: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_item(cls, item: dict[str, Any], href: str) -> "ModelCard":
+    def from_item(cls, item: dict[str, Any], href: str) -> ModelCard:
         """Lift a card out of an MLM item dict; ``href`` resolves relative asset hrefs."""
         try:
             props = item["properties"]
@@ -59,7 +60,7 @@ class ModelCard:
                 f"model card {href}: value_scaling has {len(scaling)} entries for {len(bands)} bands"
             )
         check_value_scaling(scaling, f"model card {href}")
-        weights = _weights_asset(item)
+        weights = weights_asset(item)
         return cls(
             name=name,
             architecture=architecture,
@@ -74,6 +75,20 @@ class ModelCard:
             pretrained=bool(props.get("mlm:pretrained", True)),
             item=item,
         )
+
+    def chip_size(self, requested: int | None = None) -> int:
+        """The chip size a run uses: ``requested`` (``--chip-size``), else the card's input size."""
+        return requested or self.input_size[0]
+
+    def standalone_item(self) -> dict[str, Any]:
+        """A deep copy of ``item`` that stands on its own, outside any catalog.
+
+        The self, root, parent and collection links and the ``collection`` field are dropped.
+        """
+        item = json.loads(json.dumps(self.item))
+        item["links"] = [link for link in item.get("links", []) if link.get("rel") not in _CATALOG_RELS]
+        item.pop("collection", None)
+        return item
 
 
 def load_card(href: str) -> ModelCard:
@@ -92,7 +107,8 @@ def load_card(href: str) -> ModelCard:
     return ModelCard.from_item(item, _absolute(href, None))
 
 
-def _weights_asset(item: dict[str, Any]) -> dict[str, Any] | None:
+def weights_asset(item: dict[str, Any]) -> dict[str, Any] | None:
+    """The item's first asset with role ``mlm:model``, if any."""
     for asset in item.get("assets", {}).values():
         if "mlm:model" in asset.get("roles", ()):
             return asset

@@ -8,13 +8,13 @@ href and its SHA-256, or keeps the remote URL when the weights are not on this m
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from ..errors import ModelError
-from .card import ModelCard
-from .weights import file_sha256, resolve_weights
+from ..layout import atomic_path, multihash_sha256, write_bytes
+from .card import ModelCard, weights_asset
+from .weights import resolve_weights
 
 
 def export_card(card: ModelCard, out_dir: Path, weights: str | None = None) -> list[Path]:
@@ -23,28 +23,32 @@ def export_card(card: ModelCard, out_dir: Path, weights: str | None = None) -> l
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelError(f"cannot create {out_dir}: {exc.strerror}") from None
-    item = json.loads(json.dumps(card.item))
-    item["links"] = [l for l in item.get("links", []) if l.get("rel") not in ("self", "root", "parent", "collection")]
-    item.pop("collection", None)
-    written = []
-    local = _local_weights(card, weights)
-    asset = _weights_asset(item)
-    if local is not None and asset is not None:
-        target = out_dir / local.name
-        if local.resolve() != target.resolve():
-            shutil.copyfile(local, target.with_name(target.name + ".part"))
-            os.replace(target.with_name(target.name + ".part"), target)
-        asset["href"] = f"./{target.name}"
-        asset["file:checksum"] = "1220" + file_sha256(target)
-        asset["file:size"] = target.stat().st_size
-        written.append(target)
-    elif asset is not None and card.weights_href:
-        asset["href"] = card.weights_href
+    item = card.standalone_item()
+    written = _place_weights(card, item, out_dir, weights)
     card_path = out_dir / "model.json"
-    tmp = card_path.with_name(".model.json.part")
-    tmp.write_text(json.dumps(item, indent=2) + "\n")
-    os.replace(tmp, card_path)
+    # ASCII-escaped, unlike layout.write_json: the bytes of an exported card stay as they were.
+    write_bytes(card_path, (json.dumps(item, indent=2) + "\n").encode())
     return [card_path, *written]
+
+
+def _place_weights(card: ModelCard, item: dict, out_dir: Path, weights: str | None) -> list[Path]:
+    """Point ``item``'s weights asset at a copy in ``out_dir``, or at the card's URL; the files copied."""
+    local = _local_weights(card, weights)
+    asset = weights_asset(item)
+    if asset is None:
+        return []
+    if local is None:
+        if card.weights_href:
+            asset["href"] = card.weights_href
+        return []
+    target = out_dir / local.name
+    if local.resolve() != target.resolve():
+        with atomic_path(target) as tmp:
+            shutil.copyfile(local, tmp)
+    asset["href"] = f"./{target.name}"
+    asset["file:checksum"] = multihash_sha256(target)
+    asset["file:size"] = target.stat().st_size
+    return [target]
 
 
 def _local_weights(card: ModelCard, weights: str | None) -> Path | None:
@@ -55,7 +59,3 @@ def _local_weights(card: ModelCard, weights: str | None) -> Path | None:
         if weights:
             raise
         return None
-
-
-def _weights_asset(item: dict) -> dict | None:
-    return next((a for a in item.get("assets", {}).values() if "mlm:model" in a.get("roles", ())), None)

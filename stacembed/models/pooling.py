@@ -122,7 +122,8 @@ def layer_module_name(backbone: nn.Module, layer: int | str) -> str:
     if isinstance(layer, str) and not layer.lstrip("-").isdigit():
         names = dict(backbone.named_modules())
         if layer not in names:
-            raise ConfigError(f"--layer {layer!r} is not a module of this backbone (e.g. {', '.join(candidate_layers(backbone)[:6])})")
+            examples = ", ".join(candidate_layers(backbone)[:6])
+            raise ConfigError(f"--layer {layer!r} is not a module of this backbone (e.g. {examples})")
         return layer
     candidates = candidate_layers(backbone)
     if not candidates:

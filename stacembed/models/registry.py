@@ -4,12 +4,16 @@
 ``create_backbone`` builds its network. Architectures timm does not have are added with
 ``@register_architecture("name")``; any other ``mlm:architecture`` is looked up in timm and
 built with ``in_chans=len(bands), num_classes=0`` so its output is the pooled pre-logits vector.
+
+As in timm, this module imports no model: the files under ``backbones/`` import
+``register_architecture`` from here, and the ``stacembed.models`` package imports them, so they
+are registered before anything (this module included) is imported from the package.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 
@@ -72,7 +76,3 @@ def create_backbone(card: ModelCard) -> nn.Module:
             f"the card says {card.embedding_size}"
         )
     return model
-
-
-# Architectures stacembed implements itself register on import (after register_architecture exists).
-from . import backbones  # noqa: E402,F401

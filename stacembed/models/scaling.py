@@ -5,7 +5,8 @@ One Value Scaling Object per band, or a single one broadcast to every band (MLM 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -32,15 +33,15 @@ class ValueScaling:
         self.clamps = bool(torch.isfinite(low).any() or torch.isfinite(high).any())
 
     @classmethod
-    def from_card(cls, scaling: Sequence[dict[str, Any] | None], bands: int) -> "ValueScaling":
+    def from_card(cls, scaling: Sequence[dict[str, Any] | None], bands: int) -> ValueScaling:
         steps = list(scaling) * bands if len(scaling) == 1 else list(scaling)
         if len(steps) != bands:
             raise ModelError(f"value_scaling has {len(steps)} steps for {bands} bands")
         forms = [_form(step) for step in steps]
-        shift, divisor, low, high = (torch.tensor(values, dtype=torch.float32) for values in zip(*forms))
+        shift, divisor, low, high = (torch.tensor(values, dtype=torch.float32) for values in zip(*forms, strict=True))
         return cls(shift, divisor, low, high)
 
-    def to(self, device: torch.device) -> "ValueScaling":
+    def to(self, device: torch.device) -> ValueScaling:
         return ValueScaling(*(t.to(device) for t in (self.shift, self.divisor, self.low, self.high)))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

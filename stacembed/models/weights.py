@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..layout import atomic_path, file_sha256
 from .card import ModelCard
 from .registry import create_backbone
 
@@ -77,17 +77,14 @@ def _cached_download(url: str, sha256: str | None, offline: bool = False) -> Pat
         raise ModelError(f"weights {url} are not in the cache and downloads are off (offline); "
                          f"download them to {target} or pass --weights PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as tmp:
+    with atomic_path(target) as tmp, open(tmp, "wb") as out:
         try:
-            digest = _download(url, tmp)
+            digest = _download(url, out)
         except OSError as exc:
-            os.unlink(tmp.name)
             raise ModelError(f"cannot download weights {url}: {exc}; download them to {target} "
                              "or pass --weights PATH") from None
-    if sha256 and digest != sha256:
-        os.unlink(tmp.name)
-        raise ModelError(f"weights {url} have SHA-256 {digest}, the card says {sha256}; not used")
-    os.replace(tmp.name, target)
+        if sha256 and digest != sha256:
+            raise ModelError(f"weights {url} have SHA-256 {digest}, the card says {sha256}; not used")
     return target
 
 
@@ -100,10 +97,15 @@ def _other_caches(url: str) -> list[Path]:
     if parts.netloc.endswith("huggingface.co") and "resolve" in segments:
         i = segments.index("resolve")
         repo, revision, filename = segments[:i], segments[i + 1], "/".join(segments[i + 2:])
-        hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub")
-        snapshots = hub / f"models--{'--'.join(repo)}" / "snapshots"
+        snapshots = _hf_hub_cache() / f"models--{'--'.join(repo)}" / "snapshots"
         found += sorted(snapshots.glob(f"*/{filename}")) if revision == "main" else [snapshots / revision / filename]
     return found
+
+
+def _hf_hub_cache() -> Path:
+    """The Hugging Face hub cache: ``HF_HUB_CACHE``, else ``$HF_HOME/hub`` (``~/.cache/huggingface/hub``)."""
+    home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
+    return Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub")
 
 
 def _download(url: str, out) -> str:
@@ -173,7 +175,7 @@ class ExportedModel(nn.Module):
         super().__init__()
         self.module = module
 
-    def train(self, mode: bool = True) -> "ExportedModel":
+    def train(self, mode: bool = True) -> ExportedModel:
         self.training = mode
         return self
 
@@ -246,11 +248,3 @@ def _non_persistent_buffers(model: nn.Module):
         for name in module._non_persistent_buffers_set:
             if getattr(module, name, None) is not None:
                 yield name
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -7,8 +7,9 @@ source: what a source cannot filter is filtered on the client (see ``filters``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 import pystac
 
@@ -52,7 +53,7 @@ class Search:
             raise ConfigError(f"give only one of --api, --catalog, --items (got {', '.join('--' + g for g in given)})")
 
     @classmethod
-    def from_config(cls, config: "RunConfig") -> "Search":
+    def from_config(cls, config: RunConfig) -> Search:
         """The search a run configuration describes, with a named ``--catalog`` preset expanded."""
         search = cls(
             api=config.api, catalog=config.catalog, items=config.items,
@@ -66,7 +67,7 @@ class Search:
         preset = find_preset(config.catalog)
         return search.with_preset(preset) if preset else search
 
-    def with_preset(self, preset: Preset) -> "Search":
+    def with_preset(self, preset: Preset) -> Search:
         """Search ``preset``'s API: collection aliases resolved, its band map and access needs added."""
         collections = tuple(preset.collection(c).id for c in self.filter.collections)
         aliases: dict[str, str] = {}

@@ -7,17 +7,16 @@ checked, saved, and then embedded exactly as it was.
 from __future__ import annotations
 
 import json
-import os
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
 
 import pystac
 
 from ..access import redact
 from ..errors import OutputError
-
-FORMATS = ("table", "json", "ndjson", "geoparquet")
+from ..layout import atomic_path, write_bytes
 
 
 def write_items(items: list[pystac.Item], fmt: str, output: str | None = None) -> None:
@@ -32,7 +31,8 @@ def write_items(items: list[pystac.Item], fmt: str, output: str | None = None) -
     if output is None:
         sys.stdout.write(text)
     else:
-        _atomic_write(Path(output), text.encode())
+        with _output_errors(Path(output)):
+            write_bytes(Path(output), text.encode())
 
 
 def _public(item: pystac.Item) -> dict:
@@ -68,21 +68,15 @@ def _ndjson(items: Iterable[dict]) -> str:
 def _write_geoparquet(items: list[dict], path: Path) -> None:
     import stac_geoparquet.arrow
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        table = stac_geoparquet.arrow.parse_stac_items_to_arrow(items)
+    table = stac_geoparquet.arrow.parse_stac_items_to_arrow(items)
+    with _output_errors(path), atomic_path(path) as tmp:
         stac_geoparquet.arrow.to_parquet(table, tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+@contextmanager
+def _output_errors(path: Path) -> Iterator[None]:
+    """A file that cannot be written is the user's to fix: one line, not a traceback."""
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        yield
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None

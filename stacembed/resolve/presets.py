@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -44,7 +45,7 @@ class ValueRule:
         return value is not None and _version(value) >= _version(lowest)
 
     @classmethod
-    def from_mapping(cls, where: str, data: Any) -> "ValueRule":
+    def from_mapping(cls, where: str, data: Any) -> ValueRule:
         known = {"assets", "scale", "offset", "when"}
         if not isinstance(data, Mapping) or not data.get("assets") or set(data) - known:
             raise ConfigError(f"{where}: a values rule needs 'assets' and takes only {', '.join(sorted(known))}")
@@ -91,7 +92,7 @@ class Preset:
         return PresetCollection(name)
 
     @classmethod
-    def from_mapping(cls, name: str, data: Mapping[str, Any]) -> "Preset":
+    def from_mapping(cls, name: str, data: Mapping[str, Any]) -> Preset:
         if not isinstance(data, Mapping) or not data.get("api"):
             raise ConfigError(f"catalog preset {name!r} needs at least an 'api' URL")
         collections = {

@@ -21,10 +21,11 @@ import rasterio
 import rasterio.shutil
 from rasterio.windows import Window
 
-from .. import __version__
+from .._version import __version__
 from ..chips import ChipBatch, ChipGrid
 from ..errors import ConfigError
-from . import Layout, SourceInfo
+from ..layout import atomic_path
+from .base import EmbeddingLayout, SourceInfo
 from .quantize import NODATA, Quantization, RangeTracker
 
 STRIP_BYTES = 16 * 2**20
@@ -35,18 +36,18 @@ OVERVIEW_ABOVE = 512
 
 
 class CogWriter:
-    def __init__(self, path: Path, chip_grid: ChipGrid, source: SourceInfo, layout: Layout) -> None:
-        if layout.dtype == "float16":
+    def __init__(self, path: Path, chip_grid: ChipGrid, source: SourceInfo, embedding: EmbeddingLayout) -> None:
+        if embedding.dtype == "float16":
             raise ConfigError("GeoTIFF has no float16 in GDAL < 3.11; use --dtype int8 or float32 for --format geotiff")
         self.path = Path(path)
-        self.layout = layout
-        self.ranges = RangeTracker(layout.dimensions) if layout.dtype == "int8" else None
+        self.embedding = embedding
+        self.ranges = RangeTracker(embedding.dimensions) if embedding.dtype == "int8" else None
         self.scratch = self.path.with_name(self.path.stem + ".scratch.tif")
-        dims = layout.dimensions
-        self.grid = grid = chip_grid.patch_grid(layout.patches) if layout.dense else chip_grid.embedding_grid
+        dims = embedding.dimensions
+        self.grid = grid = chip_grid.patch_grid(embedding.patches) if embedding.dense else chip_grid.embedding_grid
         # Per chip row: one pixel row (vectors) or ``h`` of them (dense patches).
-        self.rows_per_chip = layout.patches[0] if layout.dense else 1
-        self.cols_per_chip = layout.patches[1] if layout.dense else 1
+        self.rows_per_chip = embedding.patches[0] if embedding.dense else 1
+        self.cols_per_chip = embedding.patches[1] if embedding.dense else 1
         chip_rows = grid.height // self.rows_per_chip
         row_bytes = dims * self.rows_per_chip * grid.width * 4
         self.strip_rows = max(1, min(chip_rows, STRIP_BYTES // row_bytes))  # chip rows per write
@@ -74,7 +75,7 @@ class CogWriter:
             strip, row = divmod(chip.row, self.strip_rows)
             if strip != self.strip:
                 self._load(strip)
-            if not self.layout.dense:
+            if not self.embedding.dense:
                 values = values[:, None, None]
             self.buffer[:, row * height:(row + 1) * height, chip.col * width:(chip.col + 1) * width] = values
 
@@ -110,25 +111,24 @@ class CogWriter:
         properties = {}
         source = self.scratch
         if self.ranges is not None:
-            quantization = Quantization.fit(self.ranges, self.layout.quantization)
+            quantization = Quantization.fit(self.ranges, self.embedding.quantization)
             source = self._quantized(quantization)
-            properties["emb:quantization"] = quantization.to_stac(self.layout.quantization)
-        tmp = self.path.with_name(self.path.name + ".part")
+            properties["emb:quantization"] = quantization.to_stac(self.embedding.quantization)
         gdal_log = logging.getLogger("rasterio._env")
         gdal_log.addFilter(_small_blocksize)
         try:
-            rasterio.shutil.copy(
-                source, tmp, driver="COG", compress="DEFLATE", predictor="YES",
-                blocksize=_block(max(self.grid.width, self.grid.height), self.layout.dimensions,
-                                 np.dtype("int8" if self.ranges is not None else "float32").itemsize),
-                overviews="AUTO" if max(self.grid.width, self.grid.height) > OVERVIEW_ABOVE else "NONE",
-                bigtiff="IF_SAFER",
-                # the item's forward passes are over: compress its tiles on every core
-                num_threads="ALL_CPUS",
-            )
+            with atomic_path(self.path) as tmp:
+                rasterio.shutil.copy(
+                    source, tmp, driver="COG", compress="DEFLATE", predictor="YES",
+                    blocksize=_block(max(self.grid.width, self.grid.height), self.embedding.dimensions,
+                                     np.dtype("int8" if self.ranges is not None else "float32").itemsize),
+                    overviews="AUTO" if max(self.grid.width, self.grid.height) > OVERVIEW_ABOVE else "NONE",
+                    bigtiff="IF_SAFER",
+                    # the item's forward passes are over: compress its tiles on every core
+                    num_threads="ALL_CPUS",
+                )
         finally:
             gdal_log.removeFilter(_small_blocksize)
-        os.replace(tmp, self.path)
         for scratch in {self.scratch, source}:
             os.unlink(scratch)
         return properties

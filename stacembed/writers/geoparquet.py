@@ -24,7 +24,7 @@ from pyproj import CRS, Transformer
 
 from ..chips import ChipBatch, ChipGrid
 from ..errors import ConfigError
-from . import Layout, SourceInfo
+from .base import EmbeddingLayout, SourceInfo
 from .quantize import Quantization, RangeTracker
 
 GEOPARQUET_VERSION = "1.1.0"
@@ -39,17 +39,17 @@ _RESERVED = {
 
 
 class GeoParquetWriter:
-    def __init__(self, path: Path, chip_grid: ChipGrid, source: SourceInfo, layout: Layout) -> None:
-        if layout.dense:
+    def __init__(self, path: Path, chip_grid: ChipGrid, source: SourceInfo, embedding: EmbeddingLayout) -> None:
+        if embedding.dense:
             raise ConfigError("dense embeddings (--pooling none) are written as GeoTIFF only: use --format geotiff")
         self.target = Path(path)
-        self.layout = layout
-        self.ranges = RangeTracker(layout.dimensions) if layout.dtype == "int8" else None
+        self.embedding = embedding
+        self.ranges = RangeTracker(embedding.dimensions) if embedding.dtype == "int8" else None
         # int8 goes through a float32 file, quantized when the value ranges are known.
         self.path = self.target.with_name(self.target.stem + ".scratch.parquet") if self.ranges else self.target
         self.chip_grid = chip_grid
         self.source = source
-        self.dims = layout.dimensions
+        self.dims = embedding.dimensions
         self.native_crs = CRS.from_wkt(chip_grid.grid.crs.to_wkt())
         self.to_wgs84 = Transformer.from_crs(self.native_crs, "OGC:CRS84", always_xy=True)
         self.constants = _property_columns(source.properties)
@@ -61,7 +61,7 @@ class GeoParquetWriter:
     def write(self, batch: ChipBatch, embeddings: np.ndarray) -> None:
         if self.ranges is not None:
             self.ranges.update(embeddings)
-        dtype = "float16" if self.layout.dtype == "float16" else "float32"
+        dtype = "float16" if self.embedding.dtype == "float16" else "float32"
         self.pending.append((
             np.array([c.row for c in batch.chips], "int32"), np.array([c.col for c in batch.chips], "int32"),
             np.asarray(batch.valid_fraction, "float32"), np.array(embeddings, dtype),
@@ -100,8 +100,8 @@ class GeoParquetWriter:
         self.writer.close()
         if self.ranges is None:
             return {}
-        quantization = Quantization.fit(self.ranges, self.layout.quantization)
-        described = quantization.to_stac(self.layout.quantization)
+        quantization = Quantization.fit(self.ranges, self.embedding.quantization)
+        described = quantization.to_stac(self.embedding.quantization)
         _quantize_file(self.path, self.target, quantization, described)
         self.path.unlink()
         return {"emb:quantization": described}

@@ -13,15 +13,15 @@ is whole: a task re-run after a lost worker rewrites it, and a rerun of the comm
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from ..chips import ChipBatch, ChipGrid
-from . import Layout
+from ..layout import atomic_path
+from .base import EmbeddingLayout
 
 SUFFIX = ".arrows"
 
@@ -31,36 +31,30 @@ def part_path(directory: Path, rows: range) -> Path:
     return directory / f"rows-{rows.start:07d}-{rows.stop:07d}{SUFFIX}"
 
 
-def write_part(path: Path, batches: Iterable[tuple[ChipBatch, np.ndarray]], layout: Layout) -> int:
+def write_part(path: Path, batches: Iterable[tuple[ChipBatch, np.ndarray]], embedding: EmbeddingLayout) -> int:
     """Stream ``(batch, embeddings)`` pairs into ``path`` atomically; returns the chips written."""
-    size = layout.dimensions * (layout.patches[0] * layout.patches[1] if layout.dense else 1)
+    size = embedding.dimensions * (embedding.patches[0] * embedding.patches[1] if embedding.dense else 1)
     schema = pa.schema([
         ("chip_row", pa.int32()), ("chip_col", pa.int32()), ("valid_fraction", pa.float32()),
         ("embedding", pa.list_(pa.float32(), size)),
     ])
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     chips = 0
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as stream:
-            for batch, embeddings in batches:
-                flat = np.ascontiguousarray(embeddings, dtype="float32").reshape(-1)
-                stream.write_batch(pa.record_batch([
-                    pa.array([c.row for c in batch.chips], pa.int32()),
-                    pa.array([c.col for c in batch.chips], pa.int32()),
-                    pa.array(batch.valid_fraction, pa.float32()),
-                    pa.FixedSizeListArray.from_arrays(pa.array(flat), size),
-                ], schema=schema))
-                chips += len(batch.chips)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as stream:
+        for batch, embeddings in batches:
+            flat = np.ascontiguousarray(embeddings, dtype="float32").reshape(-1)
+            stream.write_batch(pa.record_batch([
+                pa.array([c.row for c in batch.chips], pa.int32()),
+                pa.array([c.col for c in batch.chips], pa.int32()),
+                pa.array(batch.valid_fraction, pa.float32()),
+                pa.FixedSizeListArray.from_arrays(pa.array(flat), size),
+            ], schema=schema))
+            chips += len(batch.chips)
     return chips
 
 
-def read_parts(paths: Iterable[Path], chip_grid: ChipGrid, layout: Layout) -> Iterator[tuple[ChipBatch, np.ndarray]]:
+def read_parts(paths: Iterable[Path], chip_grid: ChipGrid, embedding: EmbeddingLayout) -> Iterator[tuple[ChipBatch, np.ndarray]]:
     """Replay part files as the ``(batch, embeddings)`` pairs the writers take (no pixels)."""
-    shape = (layout.dimensions, *layout.patches) if layout.dense else (layout.dimensions,)
+    shape = (embedding.dimensions, *embedding.patches) if embedding.dense else (embedding.dimensions,)
     for path in paths:
         with pa.memory_map(str(path)) as source, pa.ipc.open_stream(source) as stream:
             for record in stream:

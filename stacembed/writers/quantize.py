@@ -38,7 +38,7 @@ class Quantization:
     offset: np.ndarray
 
     @classmethod
-    def fit(cls, tracker: RangeTracker, mode: str = "per-dimension") -> "Quantization":
+    def fit(cls, tracker: RangeTracker, mode: str = "per-dimension") -> Quantization:
         low, high = tracker.low.copy(), tracker.high.copy()
         if mode == "global":
             low[:], high[:] = np.min(low), np.max(high)

@@ -1,8 +1,9 @@
-"""Stack one item's bands into a lazy, chunked ``xarray.DataArray`` on a chosen pixel grid.
+"""The lazy stack: an item's bands as a chunked ``xarray.DataArray`` on a chosen pixel grid,
+and ``StackReader``, the reader over it.
 
-By default the grid is the source's own (``native_grid``): no resampling happens, and every
-pixel of the stack is a pixel of the file. Resampling happens only when the caller asks for
-another CRS or resolution (``target_grid``), and then with the named method.
+The default run reads the files directly on their own grid (``readers.direct``); this stack
+is for resampling, which happens only when the caller asks for another CRS or resolution
+(``grid.target_grid``), and then with the named method, or for a loader asked for by name.
 
 Two loaders sit behind the same function: stackstac (default) and odc-stac. Both are fed a
 minimal item built here from the verified band sources, which sidesteps stackstac's
@@ -17,51 +18,42 @@ import warnings
 from typing import Any
 from xml.sax.saxutils import escape
 
+import dask
 import numpy as np
 import pystac
 import rasterio
 import rasterio._path
-import rasterio.warp
 import xarray as xr
-from rasterio.crs import CRS
-from rasterio.enums import MaskFlags
-from rasterio.windows import Window
 
-from .bands import BandSource
-from .errors import BandError, ConfigError, ReadError
-from .grid import Grid, read_grid, read_header
+from ..bands import BandSource
+from ..errors import BandError, ConfigError, ReadError
+from ..grid import Grid, read_grid, read_header
 
 
-def native_grid(item: pystac.Item, bands: list[BandSource]) -> Grid:
-    """The common grid of the bands' files, read from their headers (the ground truth).
+class StackReader:
+    """The ``Reader`` over a lazy ``(band, [time,] y, x)`` stack: a window read computes its chunks.
 
-    Bands on different grids (e.g. 10 m and 20 m Sentinel-2 bands) have no common native
-    grid; rather than resample silently we ask the user to choose a resolution.
+    The loaders put NaN wherever there is no data, so validity is a pass over the pixels read
+    (the direct reader gets it from its own checks instead). Chunks are read in the reader's own
+    thread (``threads`` 1, measured fastest on small machines: no task-graph thread hand-offs),
+    or in a dask pool of ``threads``; the scheduler is set around each read, the one place
+    where dask computes. GDAL's block cache is left at its floor (``tile_row_bytes`` 0).
     """
-    grids = {band.name: read_grid(band.href) for band in bands}
-    first = next(iter(grids.values()))
-    different = [name for name, grid in grids.items() if grid != first]
-    if different:
-        resolutions = sorted({f"{abs(g.transform.a):g}" for g in grids.values()})
-        raise BandError(
-            f"item {item.id!r}: bands {', '.join(grids)} are not on one pixel grid "
-            f"(resolutions {', '.join(resolutions)}); pass --resolution (and --resampling) to "
-            "resample them explicitly"
-        )
-    first.check_north_up(f"item {item.id!r}")
-    return first
 
+    tile_row_bytes = 0
 
-def target_grid(native: Grid, crs: str | None, resolution: float | None) -> Grid:
-    """A grid covering ``native`` in another CRS and/or resolution (explicit resampling)."""
-    try:
-        dst_crs = CRS.from_user_input(crs) if crs else native.crs
-    except rasterio.errors.CRSError as exc:
-        raise ConfigError(f"--crs {crs!r} is not a CRS: {exc}") from None
-    transform, width, height = rasterio.warp.calculate_default_transform(
-        native.crs, dst_crs, native.width, native.height, *native.bounds, resolution=resolution
-    )
-    return Grid(dst_crs, transform, width, height)
+    def __init__(self, data: xr.DataArray, threads: int = 1) -> None:
+        self.data = data
+        self.shape = data.shape
+        self.scheduler = {"scheduler": "synchronous"} if threads <= 1 else {"num_workers": threads}
+
+    def read(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        with dask.config.set(**self.scheduler):
+            block = np.asarray(self.data[..., rows, cols].values)
+        return block, np.isfinite(block).reshape(-1, *block.shape[-2:]).all(axis=0)
+
+    def close(self) -> None:
+        """Nothing to close: the loaders open and close files per chunk."""
 
 
 def stack_item(
@@ -233,7 +225,7 @@ def _load_odc(
     data = xr.concat([dataset[name] for name in names], dim="band").isel(time=0, drop=True)
     # odc names the spatial dimensions after the CRS: (y, x), or (latitude, longitude) for
     # a geographic one such as --crs EPSG:4326.
-    data = data.rename(dict(zip(geobox.dimensions, ("y", "x"))))
+    data = data.rename(dict(zip(geobox.dimensions, ("y", "x"), strict=True)))
     return _check_shape(data.transpose("band", "y", "x"), grid, item)
 
 
@@ -280,95 +272,3 @@ def _to_measurements(raw: xr.DataArray, bands: list[BandSource]) -> xr.DataArray
         values = values.astype("float64") * scale + offset
     return xr.DataArray(values.astype("float32"), dims=("band", "y", "x"),
                         coords={"band": [b.name for b in bands]})
-
-
-def _file_mask(ds, index: int, raw: np.ndarray, window: Window) -> np.ndarray | None:
-    """Where the file itself says there is no data (GDAL's mask band, as ``masked=True`` reads
-    it), without building a masked array: None when every pixel is valid."""
-    flags = ds.mask_flag_enums[index - 1]
-    if MaskFlags.all_valid in flags:
-        return None
-    if MaskFlags.nodata in flags:
-        nodata = ds.nodatavals[index - 1]
-        if np.issubdtype(raw.dtype, np.floating):  # GDAL compares in the band's type
-            return np.isnan(raw) if math.isnan(nodata) else raw == raw.dtype.type(nodata)
-        return raw == nodata  # an integer band never equals an out-of-range nodata
-    return ds.read_masks(index, window=window) == 0
-
-
-def _either(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
-    """``a | b`` of two optional masks (None: nothing set)."""
-    return b if a is None else a if b is None else a | b
-
-
-class NativeWindows:
-    """Pixels straight from the files, on their own grid: one open dataset per band, no dask.
-
-    Used when no resampling is asked for (the default): chip windows are plain window reads of
-    each band file, so a run of chips costs one read per band instead of a task graph and file
-    reopen per chunk. Values become measurements exactly as ``stack_item`` makes them.
-    ``shape`` is ``(band, [time,] height, width)``; ``read`` returns that layout for a window.
-    """
-
-    def __init__(self, series: list[tuple[pystac.Item, list[BandSource]]], grid: Grid) -> None:
-        self.bands = series[0][1]
-        self.datasets = [[rasterio.open(b.href) for b in bands] for _, bands in series]
-        self.time_steps = len(series)
-        self.shape = (len(self.bands), *((self.time_steps,) if self.time_steps > 1 else ()), grid.height, grid.width)
-        for (item, bands), datasets in zip(series, self.datasets):
-            for band, ds in zip(bands, datasets):
-                if (ds.width, ds.height) != (grid.width, grid.height) or ds.transform != grid.transform:
-                    raise ReadError(f"item {item.id!r}: {band.href} is not on the item's native grid")
-
-    @property
-    def tile_row_bytes(self) -> int:
-        """Decoded bytes of one row of tiles across every file: what GDAL's block cache must
-        hold so that the chip rows within a tile row decode each tile once."""
-        total = 0
-        for datasets, bands in zip(self.datasets, [self.bands] * self.time_steps):
-            for band, ds in zip(bands, datasets):
-                height, width = ds.block_shapes[band.index - 1]
-                total += -(-ds.width // width) * width * height * np.dtype(ds.dtypes[band.index - 1]).itemsize
-        return total
-
-    def read(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray | None]:
-        """The window's measurements ``(band, [time,] h, w)``, float32, NaN where there is no
-        data; and where every band at every time step has data, ``(h, w)`` bool, or None when
-        all pixels do.
-
-        The mask comes from the checks that put the NaNs there (the file's mask, the declared
-        nodata, non-finite floats), so the caller needs no second pass over the pixels; integer
-        bands with neither mask nor nodata need no check at all.
-        """
-        window = Window.from_slices(rows, cols)
-        frames, invalid = [], None
-        for datasets in self.datasets:
-            frame, missing = self._frame(datasets, self.bands, window)
-            frames.append(frame)
-            invalid = _either(invalid, missing)
-        block = frames[0] if self.time_steps == 1 else np.stack(frames, axis=1)
-        return block, None if invalid is None else ~invalid
-
-    def _frame(self, datasets, bands: list[BandSource], window: Window) -> tuple[np.ndarray, np.ndarray | None]:
-        out = np.empty((len(bands), int(window.height), int(window.width)), dtype="float32")
-        invalid = None
-        for i, (band, ds) in enumerate(zip(bands, datasets)):
-            raw = ds.read(band.index, window=window)
-            values = out[i]
-            values[...] = raw
-            missing = _file_mask(ds, band.index, raw, window)
-            if band.nodata is not None and not math.isnan(band.nodata):
-                missing = _either(missing, values == np.float32(band.nodata))
-            if np.issubdtype(raw.dtype, np.floating):
-                missing = _either(missing, ~np.isfinite(values))
-            if missing is not None:
-                values[missing] = np.nan
-                invalid = _either(invalid, missing)
-            if band.scale != 1 or band.offset != 0:
-                values[...] = values.astype("float64") * band.scale + band.offset
-        return out, invalid
-
-    def close(self) -> None:
-        for datasets in self.datasets:
-            for ds in datasets:
-                ds.close()

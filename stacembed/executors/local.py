@@ -1,0 +1,36 @@
+"""Embed the series here, one after another, with the model the caller loaded."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import rasterio
+from tqdm import tqdm
+
+from ..concurrency import short_switch_interval
+from ..config import RunConfig
+from ..embed import Embedder
+from ..job import Run, embed_series
+
+
+class LocalExecutor:
+    probe_device = None  # the run's own device: the model that checks the run is the one that embeds
+
+    def __init__(self, config: RunConfig) -> None:
+        self.show = config.progress and sys.stderr.isatty()
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    @staticmethod
+    def streams(embedder: Embedder) -> int:
+        return embedder.streams
+
+    def embed(self, run: Run, embedder: Embedder) -> Iterator[int | None]:
+        with rasterio.Env(**run.inputs.search.access.gdal_options()), short_switch_interval():
+            for series in tqdm(run.inputs.series, desc="items", unit="item", disable=not self.show):
+                yield embed_series(run, series, embedder, self.show)

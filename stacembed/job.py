@@ -1,0 +1,210 @@
+"""What a run embeds, with which parameters, and the work on one series: the unit every executor runs.
+
+- ``Inputs`` is what ``Inputs.resolve`` finds before any model is built: the card, the items
+  and their bands, the series to embed, the output collection and the chip geometry (chip
+  size and stride, decided here once). A dry run stops here.
+- ``Run`` freezes everything else before any pixel is read: the batch size (on CUDA, probed
+  with the run's real chip shape), how the outputs are made (``catalog.Provenance``) and where
+  they go (``layout.OutputLayout``). Executors receive a ``Run`` and never change it.
+- ``embed_series`` (read -> embed -> write one output item), ``embedded_batches`` and
+  ``write_item`` are the steps executors combine: a local loop calls ``embed_series``; a
+  cluster splits large items into ``embedded_batches`` of chip rows and merges them with
+  ``write_item``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from tqdm import tqdm
+
+from .bands import match_bands
+from .catalog import Provenance, output_item
+from .chips import ChipBatch, ChipGrid, check_patch_tiling
+from .concurrency import ordered_map
+from .config import RunConfig
+from .embed import Embedder, configure_threads, default_prefetch, default_streams, select_device
+from .feed import FeedSpec, feed
+from .grid import Grid, native_grid, target_grid
+from .layout import OutputLayout, file_sha256, safe_name, write_json
+from .models import ModelCard, resolve_card
+from .models.weights import resolve_weights
+from .resolve import Search
+from .temporal import Series, build_series, chip_context
+from .writers import EmbeddingLayout, SourceInfo, open_writer
+
+log = logging.getLogger("stacembed")
+
+
+@dataclass(frozen=True)
+class ItemPlan:
+    """One series of source items (usually one item) and the chip grid it will be cut into."""
+
+    series: Series
+    chip_grid: ChipGrid
+    source_grid: Grid
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The resolved inputs of a run: everything that can fail cheaply, checked before a model is built."""
+
+    config: RunConfig
+    card: ModelCard
+    search: Search
+    series: tuple[Series, ...]
+    collection_id: str
+    chip_size: int
+    stride: int
+
+    @classmethod
+    def resolve(cls, config: RunConfig) -> Inputs:
+        """Resolve the model card and the items, match bands, group series, fix the chip geometry."""
+        card = resolve_card(config.model)
+        search = Search.from_config(config)
+        items = search.items_found()
+        matched = [(item, match_bands(item, list(card.bands), search.band_aliases, search.rules_for(item)))
+                   for item in items]
+        with rasterio.Env(**search.access.gdal_options()):
+            series = build_series(matched, config.time_steps)
+        chip_size = card.chip_size(config.chip_size)
+        source_collection = items[0].collection_id or "items"
+        collection_id = config.output_collection or safe_name(f"{source_collection}-{card.name}")
+        return cls(config, card, search, tuple(series), collection_id, chip_size, config.stride or chip_size)
+
+    def plan_item(self, series: Series) -> ItemPlan:
+        """The chip grid of ``series``: on its first item's native grid, or the one ``--crs``/``--resolution`` ask for."""
+        first = series.acquisitions[0]
+        grid = native_grid(first.item, first.bands)
+        target = grid
+        if self.config.crs or self.config.resolution:
+            target = target_grid(grid, self.config.crs, self.config.resolution)
+        return ItemPlan(series, ChipGrid(target, self.chip_size, self.stride), grid)
+
+    def feed_spec(self, plan: ItemPlan, batch_size: int, rows: range | None = None) -> FeedSpec:
+        """How to read ``plan``'s chips (or chip rows ``rows``) in batches of ``batch_size``, for ``feed``."""
+        config = self.config
+        return FeedSpec(
+            [(a.item, a.bands) for a in plan.series.acquisitions], plan.chip_grid, plan.source_grid,
+            batch_size=batch_size, min_valid=config.min_valid, loader=config.loader,
+            resampling=config.resampling, gdal_options=self.search.access.gdal_options(),
+            reader_threads=config.reader_threads, rows=rows,
+        )
+
+    def load_embedder(self, device: str | None = None, threads: int | None = None,
+                      streams: int | None = None) -> tuple[Embedder, Path | None]:
+        """The run's model, ready for inference, and the weights file it was loaded from.
+
+        ``device``, ``threads`` and ``streams`` override the config's (a cluster worker's share of the cores).
+        """
+        config = self.config
+        weights = resolve_weights(self.card, config.weights, offline=config.offline)
+        target = select_device(device or config.device)
+        threads = threads or config.threads
+        streams = streams or config.streams or default_streams(target, threads, config.compile)
+        configure_threads(threads, config.reader_threads, streams)
+        embedder = Embedder.from_card(
+            self.card, weights, target, pooling=config.pooling, layer=config.layer, chip_size=self.chip_size,
+            time_steps=config.time_steps, precision=config.precision, compile=config.compile, streams=streams,
+        )
+        return embedder, weights
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run's inputs and parameters, frozen before any pixel is read; what executors are given."""
+
+    inputs: Inputs
+    batch_size: int
+    provenance: Provenance
+    layout: OutputLayout
+
+    @classmethod
+    def freeze(cls, inputs: Inputs, embedder: Embedder, weights: Path | None) -> Run:
+        """Fix the batch size (``--batch-size``, else what the embedder's device holds), what the
+        outputs will be and how they are made; checked up front, not after the first item."""
+        config, card = inputs.config, inputs.card
+        embedding = EmbeddingLayout(embedder.dimensions, embedder.output_shape[1:] if embedder.dense else None,
+                                    config.dtype, config.quantization)
+        if embedding.dense:
+            check_patch_tiling(inputs.chip_size, inputs.stride, embedding.patches)
+        provenance = Provenance(
+            card=card,
+            embedding=embedding,
+            pretrained=weights is not None and card.pretrained,
+            weights_sha256=file_sha256(weights) if weights else None,
+            chip_grid_size=inputs.chip_size,
+            stride=inputs.stride,
+            parameters={**config.runtime_parameters(), "chip_size": inputs.chip_size, "stride": inputs.stride},
+        )
+        batch_size = config.batch_size or embedder.auto_batch_size()
+        return cls(inputs, batch_size, provenance, OutputLayout(config.out, inputs.collection_id))
+
+    @property
+    def config(self) -> RunConfig:
+        return self.inputs.config
+
+    def finished(self, series: Series) -> bool:
+        """Whether ``series``' item is on disk from an earlier run with the same parameters."""
+        return self.layout.resumable(series.id, self.provenance.runtime_parameters())
+
+
+def embed_series(run: Run, series: Series, embedder: Embedder, show: bool = False) -> int | None:
+    """Embed one series into its output item; None when it was finished already."""
+    if run.finished(series):
+        return None
+    plan = run.inputs.plan_item(series)
+    return write_item(run, plan, embedded_batches(run, plan, embedder), show)
+
+
+def embedded_batches(run: Run, plan: ItemPlan, embedder: Embedder,
+                     rows: range | None = None) -> Iterator[tuple[ChipBatch, np.ndarray]]:
+    """``(batch, embeddings)`` of the item's chips (or of chip rows ``rows``), in row order.
+
+    The model works on ``embedder.streams`` batches at once, while this thread reads the next
+    ones, ``FeedSpec.ahead`` of them queued (or a thread reads ``--prefetch`` batches ahead;
+    see ``feed``).
+    """
+    depth = run.config.prefetch
+    if depth is None:
+        depth = default_prefetch(embedder.device, embedder.streams)
+
+    def embed(batch: ChipBatch) -> tuple[ChipBatch, np.ndarray]:
+        context = chip_context(embedder.context_inputs, plan.series, plan.chip_grid, batch.chips)
+        return batch, embedder(batch.pixels, context)
+
+    spec = run.inputs.feed_spec(plan, run.batch_size, rows)
+    with closing(feed(spec, depth)) as batches:
+        yield from ordered_map(embed, batches, embedder.streams, ahead=spec.ahead)
+
+
+def write_item(run: Run, plan: ItemPlan, batches: Iterable[tuple[ChipBatch, np.ndarray]], show: bool = False) -> int:
+    """Write the embedded ``batches`` of one series as its output item (atomically); returns the chips written."""
+    formats, item_id = run.config.formats, plan.series.id
+    with run.layout.writing_item(item_id) as tmp:
+        files = {fmt: tmp / run.layout.asset_name(item_id, fmt) for fmt in formats}
+        source = SourceInfo.from_items(plan.series.items, item_id)
+        writers = [open_writer(fmt, files[fmt], plan.chip_grid, source, run.provenance.embedding) for fmt in formats]
+        chips = 0
+        with tqdm(total=len(plan.chip_grid), desc=item_id, unit="chip", leave=False, disable=not show) as bar:
+            for batch, embeddings in batches:
+                for writer in writers:
+                    writer.write(batch, embeddings)
+                chips += len(batch.chips)
+                bar.update(len(batch.chips))
+        properties: dict = {}
+        for writer in writers:
+            properties.update(writer.close())
+        item = output_item(
+            plan.series.items, item_id=item_id, layout=run.layout, files=files, formats=formats,
+            chip_grid=plan.chip_grid, provenance=run.provenance, properties=properties,
+        )
+        write_json(tmp / run.layout.item_file(item_id).name, item)
+    log.info("item %s: %d chips embedded", item_id, chips)
+    return chips
