@@ -29,7 +29,7 @@ import math
 import os
 import shutil
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +43,8 @@ RESNET18_WEIGHTS = DATA / "models" / "resnet18-landsat.safetensors"
 
 BUILDER_VERSION = 1  # bump when the output of this file changes
 COLLECTION = "landsat-etm-bench"
-START = datetime(1999, 4, 15, tzinfo=timezone.utc)
-END = datetime(2003, 5, 31, 23, 59, 59, tzinfo=timezone.utc)
+START = datetime(1999, 4, 15, tzinfo=UTC)
+END = datetime(2003, 5, 31, 23, 59, 59, tzinfo=UTC)
 # Band table, media type and extensions: the sample catalog's own, from the script that builds it.
 _spec = importlib.util.spec_from_file_location("make_sample", SAMPLE / "make_sample.py")
 _sample = importlib.util.module_from_spec(_spec)
@@ -61,7 +61,7 @@ def side_for(base_size: int, factor: float) -> int:
     return int(round(base_size * math.sqrt(factor)))
 
 
-def sample_scene() -> tuple[np.ndarray, "rasterio.Affine", "rasterio.crs.CRS"]:
+def sample_scene() -> tuple[np.ndarray, rasterio.Affine, rasterio.crs.CRS]:
     """The sample's four quadrant items mosaicked back into one (6, H, W) uint8 scene."""
     import pystac
     import rasterio

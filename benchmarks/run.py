@@ -106,7 +106,25 @@ def measure_e2e(catalog: Path, model: str, out: Path, args: argparse.Namespace, 
     if summary.chips == 0:
         raise BenchError(f"stacembed.run embedded no chips from {catalog}")
     return {"chips": summary.chips, "seconds": seconds, "chips_per_s": summary.chips / seconds,
-            "torch_threads": torch.get_num_threads(), "streams": summary.streams}
+            "torch_threads": torch.get_num_threads(), "streams": summary.streams,
+            "first_batch_s": summary.first_batch_seconds}
+
+
+STARTUP_IMPORTS = {"cli": "stacembed.cli", "pipeline": "stacembed.pipeline"}
+
+
+def measure_startup(repeat: int = 3) -> dict[str, float]:
+    """Seconds a fresh interpreter takes to import what ``stacembed --help`` needs (``cli``) and
+    what a run needs before it resolves anything (``pipeline``): medians of ``repeat``."""
+    seconds: dict[str, float] = {}
+    for name, module in STARTUP_IMPORTS.items():
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
+            times.append(time.perf_counter() - start)
+        seconds[name] = statistics.median(times)
+    return seconds
 
 
 @dataclasses.dataclass
@@ -132,11 +150,11 @@ class Subject:
 
 
 def subject(catalog: Path, model: str, args: argparse.Namespace) -> Subject:
+    from stacembed.job import Inputs
     from stacembed.models.weights import resolve_weights
-    from stacembed.pipeline import prepare
 
     config = run_config(catalog, model, Path(tempfile.gettempdir()) / "unused", args)
-    prepared = prepare(config)
+    prepared = Inputs.resolve(config)
     if len(prepared.series) != 1:
         raise BenchError(f"{catalog}: expected one item, found {len(prepared.series)}")
     series = prepared.series[0]
@@ -255,12 +273,12 @@ def measure_read_path(catalog: Path, model: str, args: argparse.Namespace) -> di
     (direct windows, or a lazy stack when resampling) + ``read_batches``, in line, with the
     run's reader setup. Not a bound: it shows what reading costs before any overlap.
     """
-    from stacembed.pipeline import prepare
+    from stacembed.job import Inputs
 
     config = run_config(catalog, model, Path(tempfile.gettempdir()) / "unused", args)
-    prepared = prepare(config)
-    prepared.batch_size = config.batch_size or args.batch_size
-    spec = prepared.feed_spec(prepared.plan_item(prepared.series[0]))  # what stacembed.run reads
+    inputs = Inputs.resolve(config)
+    # what stacembed.run reads
+    spec = inputs.feed_spec(inputs.plan_item(inputs.series[0]), config.batch_size or args.batch_size)
     start = time.perf_counter()
     chips = sum(len(b.chips) for b in spec.batches())
     seconds = time.perf_counter() - start
@@ -442,7 +460,7 @@ def environment() -> dict:
             return ""
 
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "platform": platform.platform(),
         "cpu": _cpu_name(),
@@ -507,8 +525,12 @@ def render(results: dict) -> str:
         f"data: {', '.join(f'{n} {s} x {s} px' for n, s in params['throughput_sides'].items())}, 6 bands (uint8 COG), "
         f"chips {params['chip']} px, "
         f"batch {params['batch_size']}, formats {'+'.join(FORMATS)}, repeats {params['repeat']} (medians shown)",
-        "",
     ]
+    startup = results.get("startup_seconds")
+    if startup:
+        lines.append("start-up, fresh interpreter: " + ", ".join(
+            f"import {STARTUP_IMPORTS[k]} {v:.2f} s" for k, v in startup.items()))
+    lines.append("")
     models = results["models"]
     names = list(models)
     width = max(24, *(len(n) + 2 for n in names))
@@ -529,6 +551,8 @@ def render(results: dict) -> str:
     row("chips per item", [f"{models[n]['e2e'][0]['chips']:,}" for n in names])
     row("end-to-end stacembed.run   chips/s", [cell(models[n], "e2e", extra=STREAMS_NOTE) for n in names])
     row("  wall seconds", [f"{median_of(models[n]['e2e'], 'seconds'):.1f}" for n in names])
+    row("  time to first batch, from stacembed.run  s", [f"{median_of(models[n]['e2e'], 'first_batch_s'):.2f}"
+                                                          for n in names])
     row("compute bound, run's streams/threads   chips/s", [cell(models[n], "compute", extra=STREAMS_NOTE) for n in names])
     if any("compute_all_cores" in models[n] for n in names):
         row("compute, one pass on all cores (info)   chips/s",
@@ -707,6 +731,8 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> int:
     default_threads = torch.get_num_threads()
     env = environment()
     env["load_average_start"] = load_start
+    log("start-up: imports in fresh interpreters")
+    startup = measure_startup()
     # Untimed warm-up on the bundled sample: imports, first-call costs, GDAL/PROJ database.
     log("warm-up: one untimed run on catalogs/sample")
     warm = scratch / "warmup"
@@ -717,7 +743,7 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> int:
     results: dict[str, Any] = {"environment": env, "parameters": {
         "base_side": base_side, "throughput_sides": throughput_sides, "batch_size": args.batch_size, "repeat": args.repeat, "threads": args.threads,
         "set": args.set, "formats": FORMATS, "models": {m: model_ref(m) for m in models},
-    }, "models": {}}
+    }, "startup_seconds": startup, "models": {}}
     for name in models:
         catalog = throughput_catalogs[throughput_sides[name]]
         warm_page_cache(catalog)
