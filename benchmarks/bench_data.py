@@ -31,8 +31,12 @@ import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported where used, so that importing this module stays light
+    import rasterio.crs
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -179,7 +183,8 @@ def _write_catalog(root: Path, side: int) -> None:
     coords = np.array(footprint["coordinates"][0])
     item = pystac.Item(
         id=item_id, geometry=footprint,
-        bbox=[float(coords[:, 0].min()), float(coords[:, 1].min()), float(coords[:, 0].max()), float(coords[:, 1].max())],
+        bbox=[float(coords[:, 0].min()), float(coords[:, 1].min()),
+              float(coords[:, 0].max()), float(coords[:, 1].max())],
         datetime=None, start_datetime=START, end_datetime=END,
         properties={
             "description": (f"Benchmark input: the Landsat 7 ETM+ sample scene near Olinda, Brazil "

@@ -517,11 +517,13 @@ STREAMS_NOTE = " ({streams}x{torch_threads}t)"  # forward passes at once x torch
 def render(results: dict) -> str:
     env, params = results["environment"], results["parameters"]
     lines = [
-        f"stacembed benchmark  {env['date']}  git {env['git_commit']}{' +uncommitted stacembed/ changes' if env['git_dirty'] else ''}",
+        f"stacembed benchmark  {env['date']}  git {env['git_commit']}"
+        f"{' +uncommitted stacembed/ changes' if env['git_dirty'] else ''}",
         f"machine: {env['cpus']} CPUs ({env['cpu']}), no GPU used; torch {env['torch']}, timm {env['timm']}, "
         f"rasterio {env['rasterio']} / GDAL {env['gdal']}, python {env['python']}",
         f"load average at start {env['load_average_start'][0]:.2f}, at end {results['load_average_end'][0]:.2f}"
-        + ("  (other work was running: numbers are noisy)" if max(env['load_average_start'][0], results['load_average_end'][0]) > 0.5 * env['cpus'] else ""),
+        + ("  (other work was running: numbers are noisy)"
+           if max(env['load_average_start'][0], results['load_average_end'][0]) > 0.5 * env['cpus'] else ""),
         f"data: {', '.join(f'{n} {s} x {s} px' for n, s in params['throughput_sides'].items())}, 6 bands (uint8 COG), "
         f"chips {params['chip']} px, "
         f"batch {params['batch_size']}, formats {'+'.join(FORMATS)}, repeats {params['repeat']} (medians shown)",
@@ -553,16 +555,19 @@ def render(results: dict) -> str:
     row("  wall seconds", [f"{median_of(models[n]['e2e'], 'seconds'):.1f}" for n in names])
     row("  time to first batch, from stacembed.run  s", [f"{median_of(models[n]['e2e'], 'first_batch_s'):.2f}"
                                                           for n in names])
-    row("compute bound, run's streams/threads   chips/s", [cell(models[n], "compute", extra=STREAMS_NOTE) for n in names])
+    row("compute bound, run's streams/threads   chips/s",
+        [cell(models[n], "compute", extra=STREAMS_NOTE) for n in names])
     if any("compute_all_cores" in models[n] for n in names):
         row("compute, one pass on all cores (info)   chips/s",
-            [cell(models[n], "compute_all_cores", extra=" ({torch_threads}t)") if "compute_all_cores" in models[n] else "-" for n in names])
+            [cell(models[n], "compute_all_cores", extra=" ({torch_threads}t)") if "compute_all_cores" in models[n]
+             else "-" for n in names])
     row("I/O bound, chip windows   chips/s", [cell(models[n], "io") for n in names])
     row("I/O, chip-row strips (info)   chips/s", [cell(models[n], "io", "strips_chips_per_s") for n in names])
     if any("read_path" in models[n] for n in names):
         row("stacembed read path, no model (info)   chips/s",
             [cell(models[n], "read_path") if "read_path" in models[n] else "-" for n in names])
-    row("compute + reads sharing the cores (info)", [f"{models[n]['ratios']['shared_cores_chips_per_s']:,.1f}" for n in names])
+    row("compute + reads sharing the cores (info)",
+        [f"{models[n]['ratios']['shared_cores_chips_per_s']:,.1f}" for n in names])
     row("naive notebook loop   chips/s", [cell(models[n], "naive", extra=" ({torch_threads}t)") for n in names])
     row("max |e2e - naive| embedding", [_diff(models[n]["max_abs_diff"]) for n in names])
     lines.append("")
@@ -573,7 +578,8 @@ def render(results: dict) -> str:
             f"{verdict(r['e2e_over_bound'] >= TARGET_BOUND_RATIO)}; bound = {r['bound']})"
             + (f";  e2e / naive = {r['e2e_over_naive']:.2f}" if r["e2e_over_naive"] == r["e2e_over_naive"] else "")
         )
-        lines.append(f"{' ' * len(n)}  e2e / (compute + reads sharing the cores) = {r['e2e_over_shared_cores']:.2f}  (info)")
+        lines.append(f"{' ' * len(n)}  e2e / (compute + reads sharing the cores) = "
+                     f"{r['e2e_over_shared_cores']:.2f}  (info)")
         paired = r.get("e2e_over_bound_per_repeat", [])
         if len(paired) > 1:
             lines.append(f"{' ' * len(n)}  each repeat against its own bounds: {', '.join(f'{x:.2f}' for x in paired)}")
@@ -711,7 +717,8 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> int:
     base_side = args.base_size
     sides = {f: bench_data.side_for(base_side, f) for f in args.factors}
     throughput_sides = {name: throughput_side(name, args) for name in models}
-    log(f"data: building/reusing {', '.join(f'{s} px' for s in sorted(set(sides.values()) | set(throughput_sides.values())))} "
+    log(f"data: building/reusing "
+        f"{', '.join(f'{s} px' for s in sorted(set(sides.values()) | set(throughput_sides.values())))} "
         f"in {args.data_dir}")
     throughput_catalogs = {side: bench_data.build_catalog(side, args.data_dir, log=log)  # the throughput items
                            for side in set(throughput_sides.values())}
@@ -741,8 +748,9 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> int:
     torch.set_num_threads(default_threads)
 
     results: dict[str, Any] = {"environment": env, "parameters": {
-        "base_side": base_side, "throughput_sides": throughput_sides, "batch_size": args.batch_size, "repeat": args.repeat, "threads": args.threads,
-        "set": args.set, "formats": FORMATS, "models": {m: model_ref(m) for m in models},
+        "base_side": base_side, "throughput_sides": throughput_sides, "batch_size": args.batch_size,
+        "repeat": args.repeat, "threads": args.threads, "set": args.set, "formats": FORMATS,
+        "models": {m: model_ref(m) for m in models},
     }, "startup_seconds": startup, "models": {}}
     for name in models:
         catalog = throughput_catalogs[throughput_sides[name]]
@@ -857,7 +865,7 @@ def measure_model(name: str, base_catalog: Path, scratch: Path, args: argparse.N
         # spread is load on a shared machine rather than the pipeline
         "e2e_over_bound_per_repeat": [
             e["chips_per_s"] / min(c["chips_per_s"], i["chips_per_s"])
-            for e, c, i in zip(entry["e2e"], entry["compute"], entry["io"])
+            for e, c, i in zip(entry["e2e"], entry["compute"], entry["io"], strict=True)
         ],
     }
     if args.skip_naive:

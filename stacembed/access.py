@@ -87,7 +87,8 @@ class Access:
         )
 
 
-def parse_headers(values: tuple[str, ...] | list[str] | Mapping[str, str], env: Mapping[str, str] = os.environ) -> dict[str, str]:
+def parse_headers(values: tuple[str, ...] | list[str] | Mapping[str, str],
+                  env: Mapping[str, str] = os.environ) -> dict[str, str]:
     """``KEY=VALUE`` strings (flags) plus ``STACEMBED_HEADERS`` (one ``KEY=VALUE`` per line)."""
     if isinstance(values, Mapping):
         pairs = [f"{k}={v}" for k, v in values.items()]
@@ -124,7 +125,8 @@ def redact(url: str) -> str:
         return url
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
-    query = [(k, "REDACTED" if _SECRET_PARAMS.match(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    query = [(k, "REDACTED" if _SECRET_PARAMS.match(k) else v)
+             for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="/:"), parts.fragment))
 
 

@@ -77,7 +77,8 @@ def _with_rule(source: BandSource, item: pystac.Item, rules: Sequence[ValueRule]
     return replace(source, scale=rule.scale, offset=rule.offset) if rule else source
 
 
-def _best_match(name: str, candidates: list[tuple[BandSource, list[str]]], rename: str | None = None) -> BandSource | None:
+def _best_match(name: str, candidates: list[tuple[BandSource, list[str]]],
+                rename: str | None = None) -> BandSource | None:
     wanted = name.lower()
     # Ranked: asset key, then band name, then common name -- an exact asset key always wins.
     for rank in range(3):

@@ -185,7 +185,8 @@ def write_catalog(
     """Write the collection, its stac-geoparquet mirror and the root catalog; items exist already."""
     collection = _collection(layout, items, provenance, source_href, description)
     for item in sorted(items, key=lambda d: d["id"]):
-        collection["links"].append({"rel": "item", "href": layout.item_href(item["id"]), "type": "application/geo+json"})
+        collection["links"].append({"rel": "item", "href": layout.item_href(item["id"]),
+                                    "type": "application/geo+json"})
     _write_items_parquet(layout.items_parquet, items, layout.collection_id)
     collection["assets"]["geoparquet-items"] = {
         "href": f"./{layout.items_parquet.name}", "type": MEDIA_TYPES["geoparquet"], "roles": ["collection-mirror"],

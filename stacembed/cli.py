@@ -111,21 +111,26 @@ def _search_options(func: Callable) -> Callable:
         click.option("--catalog", help="Static catalog.json / collection.json (path or http(s) URL), or a preset "
                                         "name (see `stacembed presets`). Default: the bundled sample catalog."),
         click.option("--items", help="Items file: ItemCollection JSON, ndjson, or stac-geoparquet."),
-        click.option("--collection", "collections", multiple=True, help="Collection id; repeat or comma-separate for several."),
+        click.option("--collection", "collections", multiple=True,
+                     help="Collection id; repeat or comma-separate for several."),
         click.option("--bbox", help="W,S,E,N in WGS84 degrees; keeps items that intersect it."),
-        click.option("--intersects", help="GeoJSON file (geometry, Feature or FeatureCollection) items must intersect."),
-        click.option("--datetime", "datetime_", help="RFC 3339 datetime or interval, e.g. 2024-01-01/2024-06-30 or 2024-01-01/.."),
+        click.option("--intersects",
+                     help="GeoJSON file (geometry, Feature or FeatureCollection) items must intersect."),
+        click.option("--datetime", "datetime_",
+                     help="RFC 3339 datetime or interval, e.g. 2024-01-01/2024-06-30 or 2024-01-01/.."),
         click.option("--ids", help="Comma-separated item ids."),
         click.option("--query", help='Query extension JSON (or @file), e.g. \'{"eo:cloud_cover": {"lt": 10}}\'.'),
         click.option("--filter", "filter_", help="CQL2 filter, text or JSON (or @file), e.g. \"eo:cloud_cover < 10\"."),
-        click.option("--filter-lang", type=click.Choice(["cql2-text", "cql2-json"]), help="Language of --filter (default: guessed)."),
+        click.option("--filter-lang", type=click.Choice(["cql2-text", "cql2-json"]),
+                     help="Language of --filter (default: guessed)."),
         click.option("--sortby", help="Sort fields, e.g. -eo:cloud_cover,+datetime."),
         click.option("--max-items", type=int, help="Stop after this many matched items."),
         click.option("--page-size", type=int, help="Items per page of API results (default 100)."),
         click.option("--header", "headers", multiple=True, metavar="KEY=VALUE",
                      help=f"HTTP header for the API and asset reads (repeatable; also ${HEADERS_ENV}, one per line)."),
         click.option("--sign", type=click.Choice(SIGNERS), help="Sign asset hrefs (needs the matching extra)."),
-        click.option("--gdal", multiple=True, metavar="KEY=VALUE", help="GDAL config option for asset reads (repeatable)."),
+        click.option("--gdal", multiple=True, metavar="KEY=VALUE",
+                     help="GDAL config option for asset reads (repeatable)."),
         click.option("--aws-unsigned", is_flag=True, default=None, help="Read public S3 buckets without credentials."),
         click.option("--requester-pays", is_flag=True, default=None, help="Accept requester-pays S3 charges."),
         click.option("--timeout", type=float, help="Seconds to wait for the API and asset reads (default 30)."),
@@ -137,36 +142,57 @@ def _search_options(func: Callable) -> Callable:
 
 
 @main.command(epilog=RUN_EXAMPLES)
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of run options; flags override it.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML file of run options; flags override it.")
 @_search_options
-@click.option("--band", "bands", multiple=True, metavar="BAND=ASSET", help="Use asset ASSET for the model's band BAND (repeatable).")
+@click.option("--band", "bands", multiple=True, metavar="BAND=ASSET",
+              help="Use asset ASSET for the model's band BAND (repeatable).")
 @click.option("--model", help="Model card: a built-in name (see `stacembed models list`) or an MLM item path/URL.")
 @click.option("--weights", help="Weights file (safetensors or state dict), or 'random' to run untrained.")
 @click.option("--chip-size", type=int, help="Chip size in pixels (default: the card's input size).")
 @click.option("--stride", type=int, help="Chip step in pixels (default: the chip size).")
 @click.option("--min-valid", type=float, help="Skip chips with a smaller fraction of valid pixels (default 0.5).")
-@click.option("--pooling", type=click.Choice(POOLINGS), help="default (the model's own), cls, mean, max, or none for dense patch embeddings (GeoTIFF).")
-@click.option("--layer", help="Take an intermediate block's output: an index into the backbone's blocks/stages, or a module name.")
-@click.option("--dtype", type=click.Choice(DTYPES), help="Storage type of the embeddings (default float32; int8 is linearly quantized).")
-@click.option("--quantization", type=click.Choice(QUANTIZATION), help="int8 scale/offset per dimension (default) or one for all.")
-@click.option("--time-steps", type=int, help="Temporal models: acquisitions per location (see README for how they are chosen).")
-@click.option("--offline", is_flag=True, default=None, help="Never download weights (also HF_HUB_OFFLINE=1 / STACEMBED_OFFLINE=1).")
-@click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS), help="Output format; repeat for several (default: both).")
-@click.option("--batch-size", type=int, help="Chips per forward pass (default: 16 on the CPU, sized to free memory on CUDA).")
-@click.option("--precision", type=click.Choice(PRECISIONS), help="fp32 (default), or bf16/fp16 autocast (fp16: CUDA only).")
+@click.option("--pooling", type=click.Choice(POOLINGS),
+              help="default (the model's own), cls, mean, max, or none for dense patch embeddings (GeoTIFF).")
+@click.option("--layer",
+              help="Take an intermediate block's output: an index into the backbone's blocks/stages, or a module name.")
+@click.option("--dtype", type=click.Choice(DTYPES),
+              help="Storage type of the embeddings (default float32; int8 is linearly quantized).")
+@click.option("--quantization", type=click.Choice(QUANTIZATION),
+              help="int8 scale/offset per dimension (default) or one for all.")
+@click.option("--time-steps", type=int,
+              help="Temporal models: acquisitions per location (see README for how they are chosen).")
+@click.option("--offline", is_flag=True, default=None,
+              help="Never download weights (also HF_HUB_OFFLINE=1 / STACEMBED_OFFLINE=1).")
+@click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS),
+              help="Output format; repeat for several (default: both).")
+@click.option("--batch-size", type=int,
+              help="Chips per forward pass (default: 16 on the CPU, sized to free memory on CUDA).")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="fp32 (default), or bf16/fp16 autocast (fp16: CUDA only).")
 @click.option("--compile", is_flag=True, default=None, help="torch.compile the model (worth it for long runs on GPUs).")
-@click.option("--threads", type=int, help="Torch threads per forward pass (default: the usable cores, less --reader-threads when above 1, divided among --streams).")
-@click.option("--streams", type=int, help="Forward passes running at once on the CPU (default: one per core up to 4, the cores split among them; 1 with --threads, --compile or a GPU).")
-@click.option("--reader-threads", type=int, help="Threads reading and decoding pixels (default 1: the prefetch thread itself).")
+@click.option("--threads", type=int,
+              help="Torch threads per forward pass (default: the usable cores, less --reader-threads when above 1, "
+                   "divided among --streams).")
+@click.option("--streams", type=int,
+              help="Forward passes running at once on the CPU (default: one per core up to 4, the cores split among "
+                   "them; 1 with --threads, --compile or a GPU).")
+@click.option("--reader-threads", type=int,
+              help="Threads reading and decoding pixels (default 1: the prefetch thread itself).")
 @click.option("--dask-address", help="Run on this dask.distributed scheduler (tcp://host:8786); --out must be shared.")
 @click.option("--workers", type=int, help="Run on a local dask cluster of this many worker processes.")
-@click.option("--tile-chips", type=int, help="On a cluster, split items of more chips than this into tasks of chip-row bands (default 4096).")
-@click.option("--prefetch", type=int, help="Batches read ahead in a thread while the model runs; 0 reads in line (default: 2 on GPUs or when --threads x --streams leaves a core free, else 0).")
+@click.option("--tile-chips", type=int,
+              help="On a cluster, split items of more chips than this into tasks of chip-row bands (default 4096).")
+@click.option("--prefetch", type=int,
+              help="Batches read ahead in a thread while the model runs; 0 reads in line (default: 2 on GPUs or when "
+                   "--threads x --streams leaves a core free, else 0).")
 @click.option("--device", type=click.Choice(DEVICES), help="auto picks cuda, then mps, then cpu.")
 @click.option("--crs", help="Resample to this CRS (explicit; default keeps the native grid).")
 @click.option("--resolution", type=float, help="Resample to this pixel size in CRS units.")
 @click.option("--resampling", type=click.Choice(RESAMPLING), help="Resampling method with --crs/--resolution.")
-@click.option("--loader", type=click.Choice(LOADERS), help="auto (default): direct window reads on the native grid, stackstac when resampling; or force stackstac / odc.")
+@click.option("--loader", type=click.Choice(LOADERS),
+              help="auto (default): direct window reads on the native grid, stackstac when resampling; or force "
+                   "stackstac / odc.")
 @click.option("--output-collection", help="Id of the output collection (default: <source collection>-<model>).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory for the STAC catalog.")
 @click.option("--publish", help="Also publish the results to this STAC API (Transactions extension).")
@@ -195,7 +221,8 @@ def run(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool, 
 
 
 @main.command(epilog=SEARCH_EXAMPLES)
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of options; flags override it.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML file of options; flags override it.")
 @_search_options
 @click.option("--format", "output_format", type=click.Choice(SEARCH_FORMATS),
               help="Output format (default: table on a terminal, json otherwise).")
@@ -217,8 +244,10 @@ def search(ctx: click.Context, config_file: str | None, output_format: str | Non
 @main.command(epilog=PUBLISH_EXAMPLES)
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--api", required=True, help="STAC API root URL with the Transactions extension.")
-@click.option("--asset-base-href", required=True, help="URL where DIRECTORY's files are served (asset hrefs are rewritten under it).")
-@click.option("--header", "headers", multiple=True, metavar="KEY=VALUE", help=f"HTTP header, e.g. Authorization=... (repeatable; also ${HEADERS_ENV}).")
+@click.option("--asset-base-href", required=True,
+              help="URL where DIRECTORY's files are served (asset hrefs are rewritten under it).")
+@click.option("--header", "headers", multiple=True, metavar="KEY=VALUE",
+              help=f"HTTP header, e.g. Authorization=... (repeatable; also ${HEADERS_ENV}).")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for each request.")
 @click.option("--retries", type=int, default=3, show_default=True, help="Retries with backoff.")
 @click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
@@ -243,7 +272,8 @@ def presets() -> None:
     for name, preset in load_presets().items():
         extras = [f"signing: {preset.signing}"] if preset.signing else []
         extras += ["needs credentials"] if preset.auth else []
-        click.echo(f"{name}\t{preset.api}\t{', '.join(preset.collections)}" + (f"\t({'; '.join(extras)})" if extras else ""))
+        click.echo(f"{name}\t{preset.api}\t{', '.join(preset.collections)}"
+                   + (f"\t({'; '.join(extras)})" if extras else ""))
 
 
 def _config(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool, flags: dict[str, Any],
@@ -277,7 +307,8 @@ def models_list() -> None:
 
 @models.command("export")
 @click.argument("name")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write the card (and weights) to.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory to write the card (and weights) to.")
 @click.option("--weights", help="Weights file to ship with the card (default: the card's own, when local or cached).")
 def models_export(name: str, out_dir: str, weights: str | None) -> None:
     """Write a card as a standalone MLM item (with its weights when available)."""

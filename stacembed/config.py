@@ -133,7 +133,8 @@ class RunConfig:
         _check_choices("dtype", (self.dtype,), DTYPES)
         _check_choices("quantization", (self.quantization,), QUANTIZATION)
         if self.dtype == "float16" and "geotiff" in self.formats:
-            raise ConfigError("--dtype float16 works with --format geoparquet only (GeoTIFF float16 needs GDAL >= 3.11)")
+            raise ConfigError("--dtype float16 works with --format geoparquet only "
+                              "(GeoTIFF float16 needs GDAL >= 3.11)")
         if self.resolution is not None and self.resolution <= 0:
             raise ConfigError(f"--resolution must be > 0, got {self.resolution}")
         self.access()  # validates --sign, --timeout, --retries

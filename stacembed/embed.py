@@ -194,7 +194,8 @@ class Embedder:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
     def _forward(self, pixels: np.ndarray, context: dict[str, np.ndarray] | None = None) -> torch.Tensor:
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+        autocast = (torch.autocast(self.device.type,
+                                   dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
                     if self.precision != "fp32" else nullcontext())
         extra = {k: torch.as_tensor(v, device=self.device) for k, v in (context or {}).items()
                  if k in self.context_inputs}

@@ -79,7 +79,8 @@ class Inputs:
         return cls(config, card, search, tuple(series), collection_id, chip_size, config.stride or chip_size)
 
     def plan_item(self, series: Series) -> ItemPlan:
-        """The chip grid of ``series``: on its first item's native grid, or the one ``--crs``/``--resolution`` ask for."""
+        """The chip grid of ``series``: on its first item's native grid, or the one
+        ``--crs``/``--resolution`` ask for."""
         first = series.acquisitions[0]
         grid = native_grid(first.item, first.bands)
         target = grid

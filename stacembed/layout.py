@@ -134,7 +134,8 @@ class OutputLayout:
     collection_id: str
 
     # Links of an output item to the documents above it.
-    ITEM_LINKS = (("root", "../../catalog.json"), ("parent", "../collection.json"), ("collection", "../collection.json"))
+    ITEM_LINKS = (("root", "../../catalog.json"), ("parent", "../collection.json"),
+                  ("collection", "../collection.json"))
     # Links of the collection to the catalog above it.
     COLLECTION_LINKS = (("root", "../catalog.json"), ("parent", "../catalog.json"))
     CATALOG_SELF = "./catalog.json"

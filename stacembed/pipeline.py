@@ -88,9 +88,12 @@ def run(config: RunConfig) -> RunSummary:
     started = time.perf_counter()
     inputs = Inputs.resolve(config)
     with executor_for(config) as executor:
-        embedder, weights = inputs.load_embedder(device=executor.probe_device)
-        summary = _embed(Run.freeze(inputs, embedder, weights), executor, embedder)
-    if embedder.first_output_at is not None:  # not with a cluster: its workers embed
+        embedder, weights = inputs.load_embedder(device=None if executor.embeds_here else "cpu")
+        frozen = Run.freeze(inputs, embedder, weights)
+        if not executor.embeds_here:
+            embedder = None  # it only checked the run: free it before the workers build theirs
+        summary = _embed(frozen, executor, embedder)
+    if embedder is not None and embedder.first_output_at is not None:
         summary.first_batch_seconds = embedder.first_output_at - started
         log.info("first batch embedded %.2f s after the run started", summary.first_batch_seconds)
     if config.publish:
@@ -103,12 +106,12 @@ def run(config: RunConfig) -> RunSummary:
     return summary
 
 
-def _embed(run: Run, executor: Executor, embedder: Embedder) -> RunSummary:
+def _embed(run: Run, executor: Executor, embedder: Embedder | None) -> RunSummary:
     """Embed every series into the output tree with ``executor``, then write the catalog."""
     created = run.layout.create()
     summary = RunSummary(run.config.out, None, run.layout.collection_id, streams=executor.streams(embedder))
     try:
-        for series, chips in zip(run.inputs.series, executor.embed(run, embedder)):
+        for series, chips in zip(run.inputs.series, executor.embed(run, embedder), strict=True):
             summary.record(series.id, chips)
     finally:
         run.layout.remove_if_empty(created)

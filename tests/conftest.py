@@ -61,7 +61,8 @@ def make_item(
             data[:nodata_rows] = nodata
         write_cog(item_dir / f"{key}.tif", data, transform, nodata=None)
         band: dict[str, Any]
-        asset: dict[str, Any] = {"href": f"./{key}.tif", "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+        asset: dict[str, Any] = {"href": f"./{key}.tif",
+                                 "type": "image/tiff; application=geotiff; profile=cloud-optimized",
                                  "roles": ["data"]}
         if dialect == "1.0":
             asset["eo:bands"] = [{"name": key, "common_name": common}]
@@ -98,7 +99,8 @@ def make_item(
         "type": "Feature", "stac_version": "1.0.0" if dialect == "1.0" else "1.1.0",
         "stac_extensions": ext if with_proj else ext[1:], "id": item_id, "collection": collection,
         "geometry": {"type": "Polygon", "coordinates": [lonlat]},
-        "bbox": [min(p[0] for p in lonlat), min(p[1] for p in lonlat), max(p[0] for p in lonlat), max(p[1] for p in lonlat)],
+        "bbox": [min(p[0] for p in lonlat), min(p[1] for p in lonlat),
+                 max(p[0] for p in lonlat), max(p[1] for p in lonlat)],
         "properties": properties, "assets": assets, "links": [],
     }
     return item

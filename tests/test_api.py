@@ -25,7 +25,8 @@ SECRET = "Bearer s3cret-t0ken-value"
 
 def collection_doc(items: list[dict], collection: str = COLLECTION) -> dict:
     return {
-        "type": "Collection", "stac_version": "1.1.0", "id": collection, "description": "synthetic", "license": "CC0-1.0",
+        "type": "Collection", "stac_version": "1.1.0", "id": collection, "description": "synthetic",
+        "license": "CC0-1.0",
         "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]},
                    "temporal": {"interval": [["2024-01-01T00:00:00Z", None]]}},
         "links": [],
@@ -66,7 +67,8 @@ def pgstac_url(pgstac_api, api_items) -> str:
 
 
 def stacembed(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stacembed", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "stacembed", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
 
 
 def search_ids(source: list[str], *args: str) -> list[str]:
@@ -147,7 +149,7 @@ def test_run_from_an_api_embeds_like_the_static_source(rustac_url, item_file, tm
         b = pq.read_table(next((tmp_path / "file").glob(f"*/{item_id}/{item_id}.parquet")))
         assert a.column("embedding").to_pylist() == b.column("embedding").to_pylist()
         item = json.loads(next((tmp_path / "api").glob(f"*/{item_id}/{item_id}.json")).read_text())
-        derived = [l["href"] for l in item["links"] if l["rel"] == "derived_from"]
+        derived = [link["href"] for link in item["links"] if link["rel"] == "derived_from"]
         assert derived == [f"{rustac_url}/collections/{COLLECTION}/items/{item_id}"]
     published = "".join(p.read_text() for p in (tmp_path / "api").rglob("*.json"))
     assert "s3cret" not in published
@@ -168,7 +170,7 @@ def test_publish_round_trip_is_idempotent(pgstac_api, item_file, tmp_path):
         assets = found[0].assets
         assert assets["embeddings"].href == f"{base}/emb-roundtrip/{found[0].id}/{found[0].id}.parquet"
         assert assets["embeddings-geotiff"].href == f"{base}/emb-roundtrip/{found[0].id}/{found[0].id}.tif"
-        model = [l.href for l in found[0].links if l.rel == "emb:model"]
+        model = [link.href for link in found[0].links if link.rel == "emb:model"]
         assert model == [f"{base}/emb-roundtrip/model/stacembed-demo-landsat.json"]
         collection = client.get_collection("emb-roundtrip")
         assert collection.extra_fields["emb:dimensions"] == 96
@@ -199,7 +201,8 @@ def test_unreachable_api_is_one_clear_line(tmp_path):
     url = f"http://127.0.0.1:{closed_port()}"
     one_line_error(stacembed("search", "--api", url, "--retries", "0", "--header", f"Authorization={SECRET}"),
                    "cannot connect")
-    one_line_error(stacembed("publish", str(tmp_path), "--api", url, "--asset-base-href", "https://x"), "does not exist")
+    one_line_error(stacembed("publish", str(tmp_path), "--api", url, "--asset-base-href", "https://x"),
+                   "does not exist")
 
 
 @pytest.mark.rustac
@@ -213,7 +216,8 @@ def test_api_errors_are_one_clear_line(rustac_url, tmp_path, item_file):
     one_line_error(stacembed("search", "--api", f"{rustac_url}/nothing-here"), "HTTP 404")
     # rustac has no Transactions extension: publishing there is refused up front.
     out = tmp_path / "out"
-    assert stacembed("run", "--items", item_file, "--ids", "api-0", "--weights", "random", "-q", "--out", out).returncode == 0
+    assert stacembed("run", "--items", item_file, "--ids", "api-0", "--weights", "random", "-q",
+                     "--out", out).returncode == 0
     one_line_error(stacembed("publish", out, "--api", rustac_url, "--asset-base-href", "https://x"), "Transactions")
 
 

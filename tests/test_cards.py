@@ -128,7 +128,7 @@ def test_prithvi_cards_carry_the_official_normalisation(name):
     assert shape[:3] == [-1, 6, 4]  # 6 HLS bands, 4 frames as in pretraining
     # value_scaling acts on reflectance (after raster:scale), so the DN statistics are divided by 1e4:
     # (x - mean/1e4) / (std/1e4) == (1e4 * x - mean) / std.
-    for step, mean, std in zip(card.value_scaling, PRITHVI_MEAN, PRITHVI_STD):
+    for step, mean, std in zip(card.value_scaling, PRITHVI_MEAN, PRITHVI_STD, strict=True):
         assert step["type"] == "z-score"
         assert step["mean"] == pytest.approx(mean / 1e4) and step["stddev"] == pytest.approx(std / 1e4)
     hyper = card.item["properties"]["mlm:hyperparameters"]

@@ -66,7 +66,7 @@ def test_read_batches_pads_edges_and_applies_min_valid(run_bytes):
     np.testing.assert_array_equal(first.pixels[0], data[:, 0:32, 0:32])
     assert first.valid_fraction[0] == (32 - 10) / 32
     everything = list(read_batches(stack, chips, batch_size=64, min_valid=0.0))
-    edge = next(p for b in everything for c, p in zip(b.chips, b.pixels) if (c.row, c.col) == (2, 3))
+    edge = next(p for b in everything for c, p in zip(b.chips, b.pixels, strict=True) if (c.row, c.col) == (2, 3))
     np.testing.assert_array_equal(edge[:, :6, :4], data[:, 64:70, 96:100])
     assert np.isnan(edge[:, 6:, :]).all() and np.isnan(edge[:, :, 4:]).all()
 
@@ -80,7 +80,7 @@ def test_valid_fractions_match_each_chip_counted_on_its_own(run_bytes):
     for size, stride in ((32, 32), (32, 12), (16, 16)):
         chips = ChipGrid(GRID, size=size, stride=stride)
         for batch in read_batches(stack, chips, batch_size=4, min_valid=0.0):
-            for chip, fraction in zip(batch.chips, batch.valid_fraction):
+            for chip, fraction in zip(batch.chips, batch.valid_fraction, strict=True):
                 r, c = chip.window.row_off, chip.window.col_off
                 window = np.full((3, size, size), np.nan, "float32")
                 part = data[:, r:r + size, c:c + size]
@@ -100,7 +100,7 @@ def test_read_runs_span_a_batch_or_more_as_bytes_allow_and_give_the_same_batches
         results.append(list(read_batches(stack, grid, batch_size=3, min_valid=0.0)))
     short, long = results
     assert [b.chips for b in short] == [b.chips for b in long] and all(len(b.chips) <= 3 for b in long)
-    for a, b in zip(short, long):
+    for a, b in zip(short, long, strict=True):
         np.testing.assert_array_equal(a.pixels, b.pixels)
         np.testing.assert_array_equal(a.valid_fraction, b.valid_fraction)
 
@@ -168,11 +168,11 @@ def test_direct_reads_give_the_chips_and_fractions_of_an_independent_stack(tmp_p
     stacked = list(read_batches(StackReader(xr.DataArray(expected, dims=("band", "y", "x"))), chips,
                                 batch_size=5, min_valid=0.3))
     assert [b.chips for b in direct] == [b.chips for b in stacked] and direct
-    for a, b in zip(direct, stacked):
+    for a, b in zip(direct, stacked, strict=True):
         np.testing.assert_array_equal(a.pixels, b.pixels)
         np.testing.assert_array_equal(a.valid_fraction, b.valid_fraction)
     if case == "all valid":  # padding past the last row (rows 60-75 of 70) still counts as no data
-        fractions = {c.row: f for b in direct for c, f in zip(b.chips, b.valid_fraction)}
+        fractions = {c.row: f for b in direct for c, f in zip(b.chips, b.valid_fraction, strict=True)}
         assert fractions[chips.rows - 1] == 10 / 16 and fractions[0] == 1
 
 
@@ -188,6 +188,6 @@ def test_batches_of_consecutive_chips_are_views_of_the_pixels_read(run_bytes):
     padded = np.full((2, 80, 112), np.nan, "float32")
     padded[:, :70, :100] = data
     for batch in batches:
-        for chip, pixels in zip(batch.chips, batch.pixels):
+        for chip, pixels in zip(batch.chips, batch.pixels, strict=True):
             r, c = chip.window.row_off, chip.window.col_off
             np.testing.assert_array_equal(pixels, padded[:, r:r + 16, c:c + 16])

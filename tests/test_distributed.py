@@ -67,7 +67,8 @@ def test_workers_flag_runs_a_local_cluster(synthetic_catalog, tmp_path):
 
 
 def files(out: Path) -> dict[str, Path]:
-    return {p.name: p for p in sorted(out.glob("*/*/*")) if p.parent.name != "model" and p.suffix in (".parquet", ".tif")}
+    return {p.name: p for p in sorted(out.glob("*/*/*"))
+            if p.parent.name != "model" and p.suffix in (".parquet", ".tif")}
 
 
 def assert_same_outputs(got_dir: Path, expected_dir: Path) -> None:
@@ -101,7 +102,9 @@ def test_tile_rows_cover_the_chip_rows_once():
     assert tile_rows(grid, 4096) == [range(0, 7)]
 
 
-def test_large_items_split_into_tiles_give_single_process_files_and_survive_a_killed_worker(synthetic_catalog, tmp_path):
+def test_large_items_split_into_tiles_give_single_process_files_and_survive_a_killed_worker(
+    synthetic_catalog, tmp_path,
+):
     # 7 x 5 chips of 32 px per item; --tile-chips 10 makes 4 tile tasks and a merge per item.
     catalog = synthetic_catalog("1.1", n_items=2, shape=(200, 150), nodata=0, nodata_rows=40)
     common = dict(catalog=str(catalog), weights="random", chip_size=32, formats=("geoparquet", "geotiff"),
@@ -116,7 +119,8 @@ def test_large_items_split_into_tiles_give_single_process_files_and_survive_a_ki
         marker.touch()
         with Client(cluster) as client:
             client.register_plugin(KillFirstEmbedTask(str(marker)), name="kill-first")
-        summary = run(RunConfig(out=tmp_path / "cluster", dask_address=cluster.scheduler_address, tile_chips=10, **common))
+        summary = run(RunConfig(out=tmp_path / "cluster", dask_address=cluster.scheduler_address, tile_chips=10,
+                                **common))
         assert not marker.exists()  # a worker really was killed mid-run
     assert sorted(summary.items_done) == ["item-0", "item-1"] and summary.chips > 0
     assert_same_outputs(tmp_path / "cluster", tmp_path / "single")

@@ -55,7 +55,8 @@ def test_intermediate_layer_matches_forward_intermediates(vit, x):
     spatial, prefix = block1
     torch.testing.assert_close(FeatureModel(vit, "cls", layer=1)(x), prefix[:, 0])
     torch.testing.assert_close(FeatureModel(vit, "mean", layer="blocks.1")(x), spatial.mean(1))
-    torch.testing.assert_close(FeatureModel(vit, "mean", layer=-1)(x), vit.blocks(vit.norm_pre(vit._pos_embed(vit.patch_embed(x))))[:, 1:].mean(1))
+    torch.testing.assert_close(FeatureModel(vit, "mean", layer=-1)(x),
+                               vit.blocks(vit.norm_pre(vit._pos_embed(vit.patch_embed(x))))[:, 1:].mean(1))
 
 
 @torch.inference_mode()
@@ -147,7 +148,9 @@ def test_int8_round_trip_within_half_a_step(tmp_path):
         assert profile["dtype"] == "int8" and profile["nodata"] == -128
         assert np.array_equal(np.isnan(cog), np.isnan(reference))
         valid = ~np.isnan(reference)
-        assert np.all(np.abs(cog - reference)[valid] <= np.repeat(step[:, None, None] / 2 + 1e-6, cog.shape[1] * cog.shape[2]).reshape(cog.shape)[valid])
+        assert np.all(np.abs(cog - reference)[valid]
+                      <= np.repeat(step[:, None, None] / 2 + 1e-6,
+                                   cog.shape[1] * cog.shape[2]).reshape(cog.shape)[valid])
 
 
 def test_a_pt2_artifact_runs_through_the_pipeline(tmp_path):
@@ -163,7 +166,8 @@ def test_a_pt2_artifact_runs_through_the_pipeline(tmp_path):
     torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), str(tmp_path / "model.pt2"))
     _, reference = read_geoparquet(embed(tmp_path, "safetensors", formats=("geoparquet",)).with_suffix(".parquet"))
     for name in ("model.pt2",):
-        _, got = read_geoparquet(embed(tmp_path, f"run-{name}", formats=("geoparquet",), weights=str(tmp_path / name)).with_suffix(".parquet"))
+        _, got = read_geoparquet(embed(tmp_path, f"run-{name}", formats=("geoparquet",),
+                                       weights=str(tmp_path / name)).with_suffix(".parquet"))
         cosine = (got * reference).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
         assert cosine.min() >= 0.9999
 
@@ -210,7 +214,8 @@ def test_every_artifact_type_embeds_like_a_direct_forward_pass(architecture, tmp
     batch = torch.export.Dim("batch", min=1, max=1024)
     torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: batch},)), str(tmp_path / "w.pt2"))
     for name in ("w.safetensors", "w.pt", "w.torchscript", "w.pt2"):
-        got = Embedder.from_card(card, tmp_path / name, torch.device("cpu"), time_steps=shape[1] if len(shape) == 4 else 1)(x.numpy())
+        got = Embedder.from_card(card, tmp_path / name, torch.device("cpu"),
+                                 time_steps=shape[1] if len(shape) == 4 else 1)(x.numpy())
         cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
         assert cosine.min() >= 0.9999, name
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

@@ -23,7 +23,7 @@ def reference_embedding(item_dir, card, window, scale, offset, nodata):
     stats = props["mlm:input"][0]["value_scaling"]
     keys = [key for key, _ in SYNTHETIC_BANDS]  # same order as the card's bands
     chans = []
-    for key, step in zip(keys, stats):
+    for key, step in zip(keys, stats, strict=True):
         with rasterio.open(item_dir / f"{key}.tif") as ds:
             raw = ds.read(1, window=window, boundless=True, fill_value=nodata).astype("float64")
         value = np.where(raw == nodata, np.nan, raw * scale + offset)

@@ -53,7 +53,7 @@ def test_output_items_keep_source_metadata_and_provenance(sample_run):
         params = props["emb:runtime_parameters"]
         assert params["mlm:name"] == "stacembed-demo-landsat" and params["mlm:pretrained"] is False
         assert (params["chip_size"], params["stride"]) == (64, 64)
-        links = {l["rel"]: l["href"] for l in item["links"]}
+        links = {link["rel"]: link["href"] for link in item["links"]}
         derived = Path(links["derived_from"])
         assert derived.is_file() and json.loads(derived.read_text())["id"] == item["id"]
         card = json.loads((item_file.parent / links["emb:model"]).read_text())
@@ -72,7 +72,7 @@ def test_output_items_keep_source_metadata_and_provenance(sample_run):
 def test_geotiff_is_georeferenced_on_the_chip_grid(sample_run):
     for item_file in sample_run.glob("*/L7-*/L7-*.json"):
         item = json.loads(item_file.read_text())
-        source = pystac.Item.from_file(next(l["href"] for l in item["links"] if l["rel"] == "derived_from"))
+        source = pystac.Item.from_file(next(link["href"] for link in item["links"] if link["rel"] == "derived_from"))
         with rasterio.open(source.assets["red"].get_absolute_href()) as src:
             src_transform, src_crs, shape = src.transform, src.crs, (src.height, src.width)
         asset = item["assets"]["embeddings-geotiff"]
@@ -112,7 +112,8 @@ def test_geoparquet_reads_in_geopandas_and_duckdb(sample_run):
     assert (count, dims) == (len(table), 96)
     # embeddings are PLAIN encoded, without a dictionary: DuckDB reads the same values
     group = pq.ParquetFile(parquet).metadata.row_group(0)
-    (column,) = [group.column(i) for i in range(group.num_columns) if group.column(i).path_in_schema.startswith("embedding")]
+    (column,) = [group.column(i) for i in range(group.num_columns)
+                 if group.column(i).path_in_schema.startswith("embedding")]
     assert column.path_in_schema == "embedding.list.element" and "PLAIN" in column.encodings
     assert not column.has_dictionary_page
     ducked = duckdb.sql(f"select embedding from '{parquet}' order by chip_row, chip_col").fetchnumpy()["embedding"]

@@ -119,7 +119,8 @@ def test_ordered_map_raises_at_the_failing_item_and_cleans_up_on_close():
 def test_streams_split_the_cores_and_each_forward_pass_gets_its_share():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert default_streams(cpu) == min(MAX_STREAMS, usable_cores())
-    assert default_streams(cuda) == 1 and default_streams(cpu, threads=2) == 1 and default_streams(cpu, compile=True) == 1
+    assert (default_streams(cuda) == 1 and default_streams(cpu, threads=2) == 1
+            and default_streams(cpu, compile=True) == 1)
     before = torch.get_num_threads()
     try:
         assert configure_threads(None, streams=2) == max(1, usable_cores() // 2)

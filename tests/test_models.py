@@ -81,7 +81,8 @@ def test_state_dict_checkpoints_load_with_weights_only(tmp_path):
     torch.save({"state_dict": source.state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")
     target = _model()
     load_weights(target, tmp_path / "ckpt.pt")
-    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+    assert all(torch.equal(a, b)
+               for a, b in zip(source.state_dict().values(), target.state_dict().values(), strict=True))
 
 
 class Payload:
@@ -256,6 +257,7 @@ def test_exported_card_directory_runs_offline(tmp_path, cli):
     exported = json.loads((tmp_path / "model" / "model.json").read_text())
     asset = exported["assets"]["weights"]
     assert asset["href"] == "./stacembed-demo-landsat.safetensors"
-    assert asset["file:checksum"] == "1220" + hashlib.sha256(DEMO_CARD.with_suffix(".safetensors").read_bytes()).hexdigest()
+    assert (asset["file:checksum"]
+            == "1220" + hashlib.sha256(DEMO_CARD.with_suffix(".safetensors").read_bytes()).hexdigest())
     card = resolve_card(str(tmp_path / "model" / "model.json"))
     assert resolve_weights(card, offline=True) == (tmp_path / "model" / "stacembed-demo-landsat.safetensors").resolve()

@@ -29,7 +29,7 @@ def test_rerun_skips_finished_items_and_adds_new_ones(synthetic_catalog, cli, tm
     assert done.stat().st_mtime_ns == stamp
     assert [p.stem for p in _items(out)] == ["item-0", "item-1", "item-2"]
     collection = json.loads(next(out.glob("*/collection.json")).read_text())
-    item_links = [l["href"] for l in collection["links"] if l["rel"] == "item"]
+    item_links = [link["href"] for link in collection["links"] if link["rel"] == "item"]
     assert len(item_links) == len(set(item_links)) == 3
     rows = duckdb.sql(f"select count(*), count(distinct id) from '{next(out.glob('*/items.parquet'))}'").fetchall()[0]
     assert rows == (3, 3)

@@ -29,7 +29,7 @@ def series_catalog(tmp_path_factory):
     """Location A: four acquisitions (cloud 50, 10, 30, 5 %); location B: one."""
     root = tmp_path_factory.mktemp("series")
     items = []
-    for month, cloud in zip((1, 2, 3, 4), (50.0, 10.0, 30.0, 5.0)):
+    for month, cloud in zip((1, 2, 3, 4), (50.0, 10.0, 30.0, 5.0), strict=True):
         item = make_item(root, f"a-{month}", dialect="1.1", origin=(500000.0, 9100000.0), shape=(64, 64), seed=month)
         item["properties"].update({"datetime": f"2024-0{month}-10T10:00:00Z", "eo:cloud_cover": cloud})
         items.append(item)
@@ -68,7 +68,7 @@ def test_two_time_steps_pick_the_least_cloudy_of_each_half(series_catalog, card,
     frames = []
     for item_id in ("a-2", "a-4"):
         bands = []
-        for (key, _), step in zip(SYNTHETIC_BANDS, scaling):
+        for (key, _), step in zip(SYNTHETIC_BANDS, scaling, strict=True):
             with rasterio.open(series_catalog.parent / "synthetic" / item_id / f"{key}.tif") as ds:
                 value = ds.read(1, window=((0, 32), (0, 32))).astype("float64")
             bands.append((value - step["mean"]) / step["stddev"])
@@ -114,7 +114,7 @@ def test_time_and_location_coordinates_reach_models_that_use_them(series_catalog
     frames = []
     for item_id in ("a-2", "a-4"):
         bands = []
-        for (key, _), step in zip(SYNTHETIC_BANDS, scaling):
+        for (key, _), step in zip(SYNTHETIC_BANDS, scaling, strict=True):
             with rasterio.open(series_catalog.parent / "synthetic" / item_id / f"{key}.tif") as ds:
                 bands.append((ds.read(1, window=((0, 32), (0, 32))).astype("float64") - step["mean"]) / step["stddev"])
                 centre = ds.transform * (16, 16)

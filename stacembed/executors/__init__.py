@@ -1,9 +1,10 @@
 """Executors embed the series of a frozen ``job.Run``; ``pipeline.run`` owns everything around them.
 
 An executor only "embeds these series": it is entered as a context manager (a cluster executor
-connects to its scheduler there), names the device on which the client checks the run
-(``probe_device``), and ``embed(run, embedder)`` yields each series' chip count in the order of
-``run.inputs.series`` (None: finished by an earlier run). Loading the model, describing the
+connects to its scheduler there), says whether the model the caller loads is the one that
+embeds (``embeds_here``; else the caller loads it on the CPU only to check the run, and drops
+it before the workers build theirs), and ``embed(run, embedder)`` yields each series' chip
+count in the order of ``run.inputs.series`` (None: finished by an earlier run). Loading the model, describing the
 run, the output tree, the summary and the catalog stay with the caller, written once.
 
 Executors import ``job`` (the unit of work), never the module that calls them.
@@ -21,16 +22,16 @@ if TYPE_CHECKING:
 
 
 class Executor(Protocol):
-    probe_device: str | None
+    embeds_here: bool
 
     def __enter__(self) -> Executor: ...
 
     def __exit__(self, *exc) -> None: ...
 
-    def streams(self, embedder: Embedder) -> int:
+    def streams(self, embedder: Embedder | None) -> int:
         """Forward passes that run at once in each process embedding the series."""
 
-    def embed(self, run: Run, embedder: Embedder) -> Iterator[int | None]: ...
+    def embed(self, run: Run, embedder: Embedder | None) -> Iterator[int | None]: ...
 
 
 def executor_for(config: RunConfig) -> Executor:

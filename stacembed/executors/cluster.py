@@ -62,7 +62,7 @@ class EmbedderPlugin(WorkerPlugin):
 
 
 class ClusterExecutor:
-    probe_device = "cpu"  # the client only checks the run; workers build the model on their own device
+    embeds_here = False  # the client only checks the run; workers build the model on their own device
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
@@ -78,11 +78,11 @@ class ClusterExecutor:
         if self.cluster is not None:
             self.cluster.close()
 
-    def streams(self, embedder: Embedder) -> int:
+    def streams(self, embedder: Embedder | None) -> int:
         return self.config.streams or 1
 
-    def embed(self, run: Run, embedder: Embedder) -> Iterator[int | None]:
-        """Submit every series (``embedder`` only checked the run here), then gather in order."""
+    def embed(self, run: Run, embedder: Embedder | None) -> Iterator[int | None]:
+        """Submit every series to the workers, then gather their chip counts in order."""
         config, client = self.config, self.client
         # Local workers share this machine's cores; a remote worker takes its own.
         threads = config.threads or (max(1, usable_cores() // config.workers) if self.cluster else None)

@@ -15,7 +15,7 @@ from ..job import Run, embed_series
 
 
 class LocalExecutor:
-    probe_device = None  # the run's own device: the model that checks the run is the one that embeds
+    embeds_here = True  # the model that checks the run, on the run's device, is the one that embeds
 
     def __init__(self, config: RunConfig) -> None:
         self.show = config.progress and sys.stderr.isatty()

@@ -53,7 +53,7 @@ def _table(items: list[dict]) -> str:
         rows.append((item["id"], str(item.get("collection") or ""), str(when),
                      "" if cloud is None else f"{cloud:g}", str(len(item.get("assets", {})))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join(lines) + f"\n{len(items)} item(s)\n"
 
 

@@ -79,7 +79,7 @@ def _read_json_items(data: object) -> list[pystac.Item]:
 
 
 def _item(data: dict) -> pystac.Item:
-    self_href = next((l["href"] for l in data.get("links", []) if l.get("rel") == "self"), None)
+    self_href = next((link["href"] for link in data.get("links", []) if link.get("rel") == "self"), None)
     return pystac.Item.from_dict(data, href=self_href, preserve_dict=False)
 
 

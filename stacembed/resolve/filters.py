@@ -58,7 +58,8 @@ class ItemFilter:
             parts.append("filter=" + filter_text(self.filter))
         return " ".join(parts) or "no filter"
 
-    def matches(self, item: pystac.Item, parts: Iterable[str] = ("spatial", "datetime", "ids", "query", "filter")) -> bool:
+    def matches(self, item: pystac.Item,
+                parts: Iterable[str] = ("spatial", "datetime", "ids", "query", "filter")) -> bool:
         """Whether ``item`` passes the named parts of this filter (collections are the source's job)."""
         checks = {
             "spatial": lambda: _intersects(item, self._area()),
@@ -75,7 +76,9 @@ class ItemFilter:
         return shapely.geometry.box(*self.bbox) if self.bbox else None
 
 
-def apply(items: Iterable[pystac.Item], filter: ItemFilter, parts: Iterable[str] = ("spatial", "datetime", "ids", "query", "filter"), *, sort: bool = True, limit: bool = True) -> Iterator[pystac.Item]:
+def apply(items: Iterable[pystac.Item], filter: ItemFilter,
+          parts: Iterable[str] = ("spatial", "datetime", "ids", "query", "filter"), *,
+          sort: bool = True, limit: bool = True) -> Iterator[pystac.Item]:
     """Filter (and sort, and cut at max-items) items on the client."""
     parts = tuple(parts)
     kept: Iterable[pystac.Item] = (item for item in items if filter.matches(item, parts))
@@ -191,7 +194,8 @@ def cql2_matches(filter: dict, item: pystac.Item) -> bool:
     try:
         return bool(cql2.Expr(filter).matches(data))
     except Exception as exc:
-        raise ResolveError(f"cannot evaluate --filter on item {item.id!r}: {' '.join(str(exc).split())[:200]}") from None
+        raise ResolveError(f"cannot evaluate --filter on item {item.id!r}: "
+                           f"{' '.join(str(exc).split())[:200]}") from None
 
 
 # --- sortby ----------------------------------------------------------------------------------
@@ -270,7 +274,8 @@ _GEOJSON_TYPES = re.compile(r"^(Multi)?(Point|LineString|Polygon)$|^GeometryColl
 
 def parse_intersects(value: str | dict) -> dict:
     """``--intersects``: a GeoJSON file (geometry, Feature or FeatureCollection) -> one geometry."""
-    data = _json_arg("--intersects", value if isinstance(value, dict) or value.lstrip().startswith("{") else "@" + value)
+    data = _json_arg("--intersects",
+                     value if isinstance(value, dict) or value.lstrip().startswith("{") else "@" + value)
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
         shapes = [shapely.geometry.shape(f["geometry"]) for f in data.get("features", []) if f.get("geometry")]
         if not shapes:

@@ -71,7 +71,7 @@ class CogWriter:
         if self.ranges is not None:
             self.ranges.update(embeddings)
         height, width = self.rows_per_chip, self.cols_per_chip
-        for chip, values in zip(batch.chips, embeddings):
+        for chip, values in zip(batch.chips, embeddings, strict=True):
             strip, row = divmod(chip.row, self.strip_rows)
             if strip != self.strip:
                 self._load(strip)

@@ -78,7 +78,7 @@ class GeoParquetWriter:
         """
         if not self.pending:
             return
-        table = self._table(*(np.concatenate(parts) for parts in zip(*self.pending)))
+        table = self._table(*(np.concatenate(parts) for parts in zip(*self.pending, strict=True)))
         if self.writer is None:
             self.writer = self._open(table.schema)
         self.writer.write_table(table, row_group_size=len(table))
@@ -115,7 +115,8 @@ class GeoParquetWriter:
         boxes = shapely.bounds(wgs84).reshape(-1, 4)
         self._grow_extent(boxes)
         n = len(rows)
-        ids = np.char.add(np.char.add(f"{self.source.item_id}_r", rows.astype("U")), np.char.add("_c", cols.astype("U")))
+        ids = np.char.add(np.char.add(f"{self.source.item_id}_r", rows.astype("U")),
+                          np.char.add("_c", cols.astype("U")))
         columns: dict[str, pa.Array] = {
             "id": pa.array(ids, pa.string()),
             "geometry": pa.array(shapely.to_wkb(wgs84), pa.binary()),

@@ -52,7 +52,8 @@ def write_part(path: Path, batches: Iterable[tuple[ChipBatch, np.ndarray]], embe
     return chips
 
 
-def read_parts(paths: Iterable[Path], chip_grid: ChipGrid, embedding: EmbeddingLayout) -> Iterator[tuple[ChipBatch, np.ndarray]]:
+def read_parts(paths: Iterable[Path], chip_grid: ChipGrid,
+               embedding: EmbeddingLayout) -> Iterator[tuple[ChipBatch, np.ndarray]]:
     """Replay part files as the ``(batch, embeddings)`` pairs the writers take (no pixels)."""
     shape = (embedding.dimensions, *embedding.patches) if embedding.dense else (embedding.dimensions,)
     for path in paths:
@@ -60,7 +61,7 @@ def read_parts(paths: Iterable[Path], chip_grid: ChipGrid, embedding: EmbeddingL
             for record in stream:
                 rows = record.column("chip_row").to_numpy()
                 cols = record.column("chip_col").to_numpy()
-                chips = [chip_grid.chip(int(r), int(c)) for r, c in zip(rows, cols)]
+                chips = [chip_grid.chip(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
                 values = record.column("embedding").flatten().to_numpy().reshape(-1, *shape)
                 fractions = record.column("valid_fraction").to_numpy()
                 yield ChipBatch(chips, np.empty((len(chips), 0), "float32"), fractions), values

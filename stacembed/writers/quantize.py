@@ -72,6 +72,7 @@ def dequantize(q: np.ndarray, scale, offset, axis: int = 1) -> np.ndarray:
     """int8 -> float32 along ``axis``; ``NODATA`` becomes NaN."""
     shape = [1] * q.ndim
     shape[axis] = -1
-    values = q.astype("float64") * np.asarray(scale, "float64").reshape(shape) + np.asarray(offset, "float64").reshape(shape)
+    values = (q.astype("float64") * np.asarray(scale, "float64").reshape(shape)
+              + np.asarray(offset, "float64").reshape(shape))
     values[q == NODATA] = np.nan
     return values.astype("float32")
