@@ -346,7 +346,7 @@ def _print_plan(plan: dict, config: RunConfig) -> None:
         click.echo(f"{row['id']:<{width}}  {row['chips']:>6}  {row['grid']}")
     size = plan["estimated_bytes"]
     click.echo(f"{len(plan['items'])} items, {plan['chips']} chips (at most: --min-valid may skip some), "
-               f"about {_human_size(size)} of embeddings -> {config.out / plan['collection']}")
+               f"about {_human_size(size)} of embeddings -> {plan['collection_dir']}")
 
 
 def _human_size(size: float) -> str:

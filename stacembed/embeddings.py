@@ -40,6 +40,7 @@ from rasterio.windows import Window, from_bounds
 
 from .access import redact
 from .errors import ReadError
+from .layout import catalog_file
 from .writers.quantize import dequantize
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def open_embeddings(href: str | Path) -> EmbeddingCatalog:
     """The embedding items under ``href``: a catalog, collection or item JSON (or a run's ``--out`` directory)."""
     href = str(href)
     if Path(href).is_dir():
-        href = str(Path(href) / "catalog.json")
+        href = str(catalog_file(href))
     try:
         stac = pystac.read_file(href)
         candidates = [stac] if isinstance(stac, pystac.Item) else stac.get_items(recursive=True)

@@ -37,6 +37,7 @@ from .errors import OutputError
 log = logging.getLogger("stacembed")
 
 SUFFIXES = {"geoparquet": ".parquet", "geotiff": ".tif"}
+CATALOG = "catalog.json"
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
 
 
@@ -108,6 +109,11 @@ def safe_name(item_id: str) -> str:
     return f"{safe[:100]}-{hashlib.sha1(item_id.encode()).hexdigest()[:8]}"
 
 
+def catalog_file(out: str | Path) -> Path:
+    """The root catalog of the output tree at ``out`` (a run's ``--out``)."""
+    return Path(out) / CATALOG
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -138,11 +144,11 @@ class OutputLayout:
                   ("collection", "../collection.json"))
     # Links of the collection to the catalog above it.
     COLLECTION_LINKS = (("root", "../catalog.json"), ("parent", "../catalog.json"))
-    CATALOG_SELF = "./catalog.json"
+    CATALOG_SELF = f"./{CATALOG}"
 
     @property
     def catalog_file(self) -> Path:
-        return self.root / "catalog.json"
+        return catalog_file(self.root)
 
     @property
     def collection_dir(self) -> Path:

@@ -28,6 +28,7 @@ from .config import RunConfig
 from .embed import Embedder
 from .executors import Executor, executor_for
 from .job import Inputs, Run
+from .layout import OutputLayout
 
 log = logging.getLogger("stacembed")
 
@@ -72,6 +73,7 @@ def plan(config: RunConfig) -> dict:
         "chip_size": inputs.chip_size,
         "stride": inputs.stride,
         "collection": inputs.collection_id,
+        "collection_dir": OutputLayout(config.out, inputs.collection_id).collection_dir if config.out else None,
         "items": rows,
         "chips": total_chips,
         "estimated_bytes": total_chips * bytes_per_chip,

@@ -20,6 +20,7 @@ from urllib3 import Retry
 
 from .access import Access, redact, redact_headers
 from .errors import PublishError
+from .layout import catalog_file
 
 log = logging.getLogger("stacembed")
 
@@ -83,7 +84,7 @@ class _Rewriter:
 def _read_catalog(catalog: str | Path) -> pystac.Catalog:
     path = Path(catalog)
     if path.is_dir():
-        path = path / "catalog.json"
+        path = catalog_file(path)
     if not path.is_file():
         raise PublishError(f"{path} does not exist; publish the directory a `stacembed run --out` wrote")
     try:
