@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' stacembed/__init__.py)
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' stacembed/_version.py)
 IMAGE=${IMAGE:-ghcr.io/stacembed/stacembed:$VERSION}
 BASE_IMAGE=${BASE_IMAGE:-localhost/debian:bookworm-slim}
 WHEELS=${WHEELS:-/opt/wheels}
