@@ -9,13 +9,23 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from ._version import __version__
-from .access import HEADERS_ENV, SIGNERS, Access, parse_headers, redact
+from .access import (
+    ASSET_HEADERS_ENV,
+    HEADERS_ENV,
+    SIGNERS,
+    Access,
+    install_log_redaction,
+    parse_headers,
+    redact,
+    redact_text,
+)
 from .config import (
     DEVICES,
     DTYPES,
@@ -86,16 +96,27 @@ Examples:
 
 
 class _Group(click.Group):
-    """Turn StacembedError into one line and a non-zero exit."""
+    """Turn StacembedError into one line and a non-zero exit; anything else (a bug) keeps its
+    traceback. Where errors reach the terminal, every URL in them is masked (query values,
+    userinfo) and header values in use are removed."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except StacembedError as exc:
-            if ctx.meta.get("stacembed.verbose"):
-                raise
-            click.echo(f"stacembed: error: {exc}", err=True)
-            sys.exit(1)
+            if not ctx.meta.get("stacembed.verbose"):
+                click.echo(f"stacembed: error: {redact_text(str(exc))}", err=True)
+                sys.exit(1)
+            _print_traceback(exc)
+        except Exception as exc:
+            _print_traceback(exc)
+
+
+def _print_traceback(exc: BaseException) -> None:
+    click.echo(redact_text("".join(traceback.format_exception(exc))).rstrip(), err=True)
+    sys.exit(1)
 
 
 @click.group(cls=_Group)
@@ -127,7 +148,16 @@ def _search_options(func: Callable) -> Callable:
         click.option("--max-items", type=int, help="Stop after this many matched items."),
         click.option("--page-size", type=int, help="Items per page of API results (default 100)."),
         click.option("--header", "headers", multiple=True, metavar="KEY=VALUE",
-                     help=f"HTTP header for the API and asset reads (repeatable; also ${HEADERS_ENV}, one per line)."),
+                     help="HTTP header for the STAC API, catalog or item file given here (and --publish), sent to "
+                          "its origin only, never to asset hosts (repeatable; also "
+                          f"${HEADERS_ENV}, one per line)."),
+        click.option("--asset-header", "asset_headers", multiple=True, metavar="KEY=VALUE",
+                     help="HTTP header for every asset read (GDAL), whatever its host (repeatable; also "
+                          f"${ASSET_HEADERS_ENV}, one per line)."),
+        click.option("--keep-href-query", is_flag=True, default=None,
+                     help="Keep query strings in hrefs written to outputs (derived_from, emb:source-data, search "
+                          "results); by default they and any user:password are removed. Known credential "
+                          "parameters (sig, token, X-Amz-*, ...) are removed anyway."),
         click.option("--sign", type=click.Choice(SIGNERS), help="Sign asset hrefs (needs the matching extra)."),
         click.option("--gdal", multiple=True, metavar="KEY=VALUE",
                      help="GDAL config option for asset reads (repeatable)."),
@@ -165,7 +195,7 @@ def _search_options(func: Callable) -> Callable:
 @click.option("--offline", is_flag=True, default=None,
               help="Never download weights (also HF_HUB_OFFLINE=1 / STACEMBED_OFFLINE=1).")
 @click.option("--format", "formats", multiple=True, type=click.Choice(FORMATS),
-              help="Output format; repeat for several (default: both).")
+              help="Output format; repeat for several (default: both; GeoTIFF only with --pooling none).")
 @click.option("--batch-size", type=int,
               help="Chips per forward pass (default: 16 on the CPU, sized to free memory on CUDA).")
 @click.option("--precision", type=click.Choice(PRECISIONS),
@@ -198,6 +228,8 @@ def _search_options(func: Callable) -> Callable:
 @click.option("--publish", help="Also publish the results to this STAC API (Transactions extension).")
 @click.option("--asset-base-href", help="With --publish: URL where the --out directory's files are served.")
 @click.option("--dry-run", is_flag=True, default=None, help="Print the plan (items, chips, output size) and stop.")
+@click.option("--verify", is_flag=True, default=None,
+              help="On a rerun, check the checksums of the finished items it keeps (their sizes are always checked).")
 @click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 @click.pass_context
@@ -238,7 +270,7 @@ def search(ctx: click.Context, config_file: str | None, output_format: str | Non
 
     found = find_items(config)
     fmt = output_format or ("table" if output is None and sys.stdout.isatty() else "json")
-    write_items(found, fmt, output)
+    write_items(found, fmt, output, keep_query=config.keep_href_query)
 
 
 @main.command(epilog=PUBLISH_EXAMPLES)
@@ -315,10 +347,16 @@ def models_export(name: str, out_dir: str, weights: str | None) -> None:
     from pathlib import Path
 
     from .models import export_card, resolve_card
+    from .models.export import unwritten_weights
 
-    written = export_card(resolve_card(name), Path(out_dir), weights)
+    card = resolve_card(name)
+    written = export_card(card, Path(out_dir), weights)
     for path in written:
         click.echo(str(path))
+    missing = unwritten_weights(card, written)
+    if missing:
+        click.echo(f"warning: weights not written: {redact(missing)} is neither a local file nor cached, and export "
+                   "does not download; model.json links it (--weights FILE ships a copy)", err=True)
 
 
 @models.command("describe")
@@ -346,7 +384,7 @@ def _print_plan(plan: dict, config: RunConfig) -> None:
         click.echo(f"{row['id']:<{width}}  {row['chips']:>6}  {row['grid']}")
     size = plan["estimated_bytes"]
     click.echo(f"{len(plan['items'])} items, {plan['chips']} chips (at most: --min-valid may skip some), "
-               f"about {_human_size(size)} of embeddings -> {plan['collection_dir']}")
+               f"about {_human_size(size)} of embeddings -> {', '.join(map(str, plan['collection_dirs']))}")
 
 
 def _human_size(size: float) -> str:
@@ -361,3 +399,30 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet or not verbose else (logging.INFO if verbose == 1 else logging.DEBUG)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("stacembed").setLevel(level)
+    install_log_redaction()  # URLs in stacembed's, GDAL's and the HTTP libraries' messages masked
+
+
+@main.command("validate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--strict", is_flag=True, help="Count declared extensions whose schema is not bundled as errors.")
+def validate_command(paths: tuple[str, ...], strict: bool) -> None:
+    """Validate STAC catalogs, collections and items offline against the bundled JSON schemas.
+
+    A directory: every STAC document in it; a catalog or collection file: it and the local
+    documents it links as child or item. One line per invalid document, and exit status 1.
+    """
+    from .validate import validate_paths
+
+    checked = invalid = 0
+    for report in validate_paths(paths):
+        checked += 1
+        line = report.line(strict=strict)
+        if line:
+            invalid += 1
+            click.echo(line)
+        elif report.unchecked:
+            click.echo(f"{report.path}: not checked against {', '.join(report.unchecked)} (no bundled schema)",
+                       err=True)
+    if invalid:
+        sys.exit(1)
+    click.echo(f"{checked} STAC document{'s' if checked != 1 else ''} valid")

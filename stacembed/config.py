@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import calendar
 import dataclasses
+import datetime as dt
+import functools
+import math
+import os
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,7 +64,9 @@ class RunConfig:
     max_items: int | None = None
     page_size: int = 100
     # how to reach them
-    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)  # the STAC API/catalog's origin only
+    asset_headers: Mapping[str, str] = dataclasses.field(default_factory=dict)  # every asset read (GDAL)
+    keep_href_query: bool = False  # keep query strings in hrefs written to outputs (credentials go anyway)
     gdal: Mapping[str, str] = dataclasses.field(default_factory=dict)
     sign: str | None = None
     timeout: float = 30.0
@@ -78,7 +86,7 @@ class RunConfig:
     quantization: str = "per-dimension"
     offline: bool = False
     time_steps: int = 1
-    formats: tuple[str, ...] = FORMATS
+    formats: tuple[str, ...] | None = None  # None: both, or GeoTIFF alone with --pooling none (dense)
     batch_size: int | None = None
     precision: str = "fp32"
     compile: bool = False
@@ -99,6 +107,7 @@ class RunConfig:
     publish: str | None = None
     asset_base_href: str | None = None
     dry_run: bool = False
+    verify: bool = False  # resume: check the checksums of the finished items kept, not only their sizes
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -118,9 +127,14 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if not 0.0 <= self.min_valid <= 1.0:
             raise ConfigError(f"--min-valid must be between 0 and 1, got {self.min_valid}")
+        if self.formats is None:  # dense embeddings (--pooling none) have one format: GeoTIFF
+            object.__setattr__(self, "formats", ("geotiff",) if self.pooling == "none" else FORMATS)
         if not self.formats:
             raise ConfigError("at least one --format is needed")
         _check_choices("format", self.formats, FORMATS)
+        if self.pooling == "none" and "geoparquet" in self.formats:
+            raise ConfigError("--pooling none makes dense embeddings (a map of patch vectors per chip), written as "
+                              "GeoTIFF only: use --format geotiff, or leave --format out")
         _check_choices("device", (self.device,), DEVICES)
         _check_choices("loader", (self.loader,), LOADERS)
         _check_choices("resampling", (self.resampling,), RESAMPLING)
@@ -143,16 +157,18 @@ class RunConfig:
     def from_mapping(cls, values: Mapping[str, Any], *, need_out: bool = True) -> RunConfig:
         """Build a config from loosely typed values (YAML, CLI), parsing strings as the CLI does."""
         known = {f.name: f for f in dataclasses.fields(cls)}
-        values = {k.replace("-", "_"): v for k, v in values.items()}
+        values = _canonical(values)
         filter_lang = values.pop("filter_lang", None)  # only says how to read --filter
         kwargs: dict[str, Any] = {}
-        for raw_key, value in values.items():
-            key = _ALIASES.get(raw_key, raw_key)
+        for key, value in values.items():
             if key not in known:
-                raise ConfigError(f"unknown configuration key {raw_key!r}")
+                raise ConfigError(f"unknown configuration key {key.replace('_', '-')!r}")
             if value is None or value == ():
                 continue
             kwargs[key] = _coerce(key, value, filter_lang)
+        for key in ("headers", "asset_headers"):  # their environment variables count without a flag too
+            if key not in kwargs:
+                kwargs[key] = _coerce(key, ())
         if need_out and "out" not in kwargs:
             raise ConfigError("--out is required (the directory to write the STAC catalog to)")
         return cls(**kwargs)
@@ -162,7 +178,8 @@ class RunConfig:
         from .access import Access
 
         return Access(headers=self.headers, timeout=self.timeout, retries=self.retries, gdal=self.gdal,
-                      signer=self.sign, aws_unsigned=self.aws_unsigned, requester_pays=self.requester_pays)
+                      signer=self.sign, aws_unsigned=self.aws_unsigned, requester_pays=self.requester_pays,
+                      asset_headers=self.asset_headers)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] = (), *, need_out: bool = True) -> RunConfig:
@@ -173,8 +190,8 @@ class RunConfig:
             raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of options")
-        merged = {k.replace("-", "_"): v for k, v in loaded.items()}
-        merged.update({k.replace("-", "_"): v for k, v in dict(overrides).items()})
+        merged = _canonical(loaded, f"config file {str(path)!r}")
+        merged.update(_canonical(dict(overrides)))
         return cls.from_mapping(merged, need_out=need_out)
 
     def runtime_parameters(self) -> dict[str, Any]:
@@ -202,11 +219,12 @@ def _check_choices(name: str, values: tuple[str, ...], allowed: tuple[str, ...])
 
 
 # Keys accepted under another name (the CLI flag's singular, or a YAML habit).
-_ALIASES = {"collection": "collections", "format": "formats", "header": "headers", "band": "bands"}
+_ALIASES = {"collection": "collections", "format": "formats", "header": "headers", "band": "bands",
+            "asset_header": "asset_headers"}
 
 
 def _coerce(key: str, value: Any, filter_lang: str | None = None) -> Any:
-    from .access import parse_headers, parse_options
+    from .access import ASSET_HEADERS_ENV, parse_headers, parse_options
     from .resolve.filters import parse_filter, parse_intersects, parse_query, parse_sortby
 
     parsers = {
@@ -221,6 +239,7 @@ def _coerce(key: str, value: Any, filter_lang: str | None = None) -> Any:
         "filter": lambda v: parse_filter(v, filter_lang),
         "sortby": parse_sortby,
         "headers": parse_headers,
+        "asset_headers": lambda v: parse_headers(v, variable=ASSET_HEADERS_ENV, flag="--asset-header"),
         "gdal": parse_options,
         "bands": _parse_bands,
         "max_items": int,
@@ -241,6 +260,7 @@ def _coerce(key: str, value: Any, filter_lang: str | None = None) -> Any:
         "resolution": float,
         "timeout": float,
     }
+    value = _typed(key, value)
     parse = parsers.get(key)
     if parse is None:
         return value
@@ -266,9 +286,153 @@ def _parse_bands(value: Any) -> dict[str, str]:
 
 
 def _as_tuple(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = value.split(",")
-    return tuple(str(v).strip() for v in value if str(v).strip())
+    """``"a,b"``, ``["a,b", "c"]`` (a repeated flag, a YAML list) -> ``("a", "b", "c")``: commas
+    separate in every form, blanks and repeats are dropped."""
+    parts = value.split(",") if isinstance(value, str) else [p for v in value for p in str(v).split(",")]
+    return tuple(dict.fromkeys(p.strip() for p in parts if p.strip()))
+
+
+def _canonical(values: Mapping[Any, Any], where: str = "the configuration") -> dict[str, Any]:
+    """Keys as field names (``chip-size`` -> ``chip_size``, ``collection`` -> ``collections``);
+    a key that is no name (YAML ``123:`` or ``yes:``), or one given in two spellings, is an error."""
+    canonical: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for raw_key, value in values.items():
+        if not isinstance(raw_key, str):
+            raise ConfigError(f"{where}: key {raw_key!r} is not an option name (write option names as text)")
+        key = raw_key.replace("-", "_")
+        key = _ALIASES.get(key, key)
+        if key in canonical:
+            raise ConfigError(f"{where} gives {_flag(key)} twice: as {spelled[key]!r} and {raw_key!r}")
+        canonical[key], spelled[key] = value, raw_key
+    return canonical
+
+
+def _flag(key: str) -> str:
+    """The flag a user writes for field ``key``: ``--chip-size``, ``--collection`` (singular)."""
+    singular = {field: alias for alias, field in _ALIASES.items()}
+    return "--" + singular.get(key, key).replace("_", "-")
+
+
+# --- strict types --------------------------------------------------------------------------------
+# Every value from YAML, the CLI or a mapping passes here before it is parsed: a number is not a
+# string, 2.7 is not a batch size and "no" is not true. What each field takes follows from its
+# type annotation (``_kind``); fields of richer types are named in ``_KINDS``.
+
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+_INTEGER = re.compile(r"^\s*[+-]?[0-9]+\s*$")
+_KINDS = {"bbox": "bbox", "datetime": "datetime", "sortby": "sortby", "layer": "layer"}
+_SCALARS = {bool: "bool", int: "int", float: "float", str: "str", Path: "path", dict: "json"}
+
+
+@functools.cache
+def _kind(key: str) -> str | None:
+    """What field ``key`` takes: a scalar, ``strings`` (a tuple of them), ``pairs`` (a mapping),
+    ``json`` (a JSON object or text), or one of ``_KINDS``; None for a type this module does not
+    know (a test checks that there is none)."""
+    if key in _KINDS:
+        return _KINDS[key]
+    hint = typing.get_type_hints(RunConfig).get(key)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if len(args) == 1 else None
+    origin = typing.get_origin(hint)
+    if origin is tuple and typing.get_args(hint) == (str, ...):
+        return "strings"
+    if origin is Mapping or origin is dict and typing.get_args(hint) == (str, str):
+        return "pairs"
+    return _SCALARS.get(hint)
+
+
+def _typed(key: str, value: Any) -> Any:
+    """``value`` checked against what field ``key`` takes, scalars converted (``"16"`` -> 16,
+    ``"no"`` -> False); anything else is a ConfigError naming the flag."""
+    kind = _kind(key)
+    flag = _flag(key)
+
+    def wrong(expected: str) -> ConfigError:
+        hint = " (quote it in YAML)" if kind in ("str", "path", "strings") and _is_number(value) else ""
+        return ConfigError(f"{flag}: expected {expected}, got {value!r}{hint}")
+
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = value.strip().lower() if isinstance(value, str) else None
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise wrong("true or false (or yes/no, 1/0)")
+    if kind == "int":
+        if (isinstance(value, int) and not isinstance(value, bool)) or (
+                isinstance(value, str) and _INTEGER.match(value)):
+            return int(value)
+        raise wrong("a whole number")
+    if kind == "float":
+        number = _number(value)
+        if number is None:
+            raise wrong("a finite number")
+        return number
+    if kind == "str":
+        if isinstance(value, str | os.PathLike):
+            return os.fspath(value)
+        raise wrong("a string")
+    if kind == "path":
+        if isinstance(value, str | os.PathLike):
+            return value
+        raise wrong("a path")
+    if kind == "layer":
+        if (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.strip()):
+            return value
+        raise wrong("a block index or a module name")
+    if kind == "strings":
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list | tuple) and all(isinstance(v, str) for v in items):
+            return value
+        raise wrong("a string or a list of strings (comma-separated)")
+    if kind == "pairs":
+        if isinstance(value, Mapping):
+            if all(isinstance(k, str) and isinstance(v, str | int | float) for k, v in value.items()):
+                return {k: v if isinstance(v, str) else ("YES" if v else "NO") if isinstance(v, bool) else str(v)
+                        for k, v in value.items()}
+        elif isinstance(value, str):
+            return (value,)
+        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return value
+        raise wrong("KEY=VALUE strings or a mapping of them")
+    if kind == "json":
+        if isinstance(value, str | Mapping):
+            return value
+        raise wrong("JSON text, @file or a mapping")
+    if kind == "bbox":
+        if isinstance(value, str) or (isinstance(value, list | tuple) and all(_number(v) is not None for v in value)):
+            return value
+        raise wrong("W,S,E,N: four numbers")
+    if kind == "datetime":
+        if isinstance(value, str | dt.date) or (
+                isinstance(value, tuple) and len(value) == 2 and all(v is None or isinstance(v, datetime)
+                                                                     for v in value)):
+            return value
+        raise wrong("an RFC 3339 datetime or interval")
+    if kind == "sortby":
+        if isinstance(value, str) or (isinstance(value, list | tuple) and all(isinstance(v, str | Mapping)
+                                                                              for v in value)):
+            return value
+        raise wrong("sort fields, e.g. -eo:cloud_cover,+datetime")
+    return value
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, if it is a number or a number's text (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def parse_bbox(value: str | Bbox | list[float]) -> Bbox:

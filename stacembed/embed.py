@@ -177,17 +177,26 @@ class Embedder:
     def preprocess(self, pixels: np.ndarray) -> torch.Tensor:
         """Pixels -> the model's input tensor on the device: scaled, NaN -> 0, in its memory format.
 
-        The batch is copied once (made contiguous, host to device, or a clone on the CPU) and
-        scaled and filled in place, so the caller's array is left as it was; the channels_last
+        The batch is copied once, into memory of the engine's own (C-contiguous float32), and
+        scaled and filled in place there, so the caller's array is left as it was: on the CPU a
+        numpy copy that torch takes over, on CUDA a copy into pinned memory sent on with a
+        non-blocking transfer, elsewhere the transfer itself. Torch is never handed the caller's
+        array: batches can be read-only views (``chips`` cuts them out of a read with
+        ``sliding_window_view``), which ``torch.from_numpy`` warns about. The channels_last
         conversion comes last (measured: per-band scaling of a channels_last tensor takes 2.5x
         as long).
         """
-        contiguous = np.ascontiguousarray(pixels, dtype=np.float32)
-        x = torch.from_numpy(contiguous)
-        if self.device.type == "cpu" and np.may_share_memory(contiguous, pixels):
-            x = x.clone()
-        else:
-            x = (x.pin_memory() if self.device.type == "cuda" else x).to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            host = torch.empty(pixels.shape, dtype=torch.float32, pin_memory=True)
+            host.numpy()[...] = pixels
+            x = host.to(self.device, non_blocking=True)
+        elif self.device.type == "cpu":
+            x = torch.from_numpy(np.array(pixels, dtype=np.float32, order="C", copy=True))
+        else:  # MPS: the transfer is the copy; a read-only batch goes through a host copy first
+            contiguous = np.ascontiguousarray(pixels, dtype=np.float32)
+            if not contiguous.flags.writeable:
+                contiguous = contiguous.copy()
+            x = torch.from_numpy(contiguous).to(self.device, non_blocking=True)
         if self.scaling is not None:
             self.scaling.apply_(x)
         x.nan_to_num_(nan=0.0)

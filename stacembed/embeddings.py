@@ -38,8 +38,9 @@ from rasterio.errors import WindowError
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from .access import redact
+from .access import redact_text
 from .errors import ReadError
+from .grid import RASTER_ERRORS, gdal_reason
 from .layout import catalog_file
 from .writers.quantize import dequantize
 
@@ -64,10 +65,10 @@ def open_embeddings(href: str | Path) -> EmbeddingCatalog:
         candidates = [stac] if isinstance(stac, pystac.Item) else stac.get_items(recursive=True)
         items = tuple(EmbeddingItem.from_stac(item) for item in candidates if _embedding_hrefs(item))
     except Exception as exc:  # pystac's StacIO raises a bare Exception for HTTP errors
-        raise ReadError(f"cannot read STAC {redact(href)}: {_one_line(exc)}") from None
+        raise ReadError(f"cannot read STAC {redact_text(href)}: {_one_line(exc)}") from None
     if not items:
         raise ReadError(
-            f"{redact(href)} holds no embedding items (STAC items with a GeoParquet or GeoTIFF "
+            f"{redact_text(href)} holds no embedding items (STAC items with a GeoParquet or GeoTIFF "
             "`embeddings` asset); open the catalog.json that `stacembed run --out DIR` wrote"
         )
     return EmbeddingCatalog(href, items)
@@ -311,8 +312,10 @@ def _reading(href: str) -> Iterator[None]:
     """Turn I/O and format failures into a one-line ``ReadError`` naming the file."""
     try:
         yield
-    except (OSError, pa.ArrowInvalid) as exc:  # requests' and rasterio's I/O errors are OSErrors
-        raise ReadError(f"cannot read embeddings {redact(href)}: {_one_line(exc)}") from None
+    except RASTER_ERRORS as exc:
+        raise ReadError(f"cannot read embeddings {redact_text(href)}: {gdal_reason(exc)}") from None
+    except (OSError, pa.ArrowInvalid) as exc:  # requests' I/O errors are OSErrors
+        raise ReadError(f"cannot read embeddings {redact_text(href)}: {_one_line(exc)}") from None
 
 
 def _one_line(exc: BaseException) -> str:

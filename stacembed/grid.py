@@ -11,6 +11,8 @@ another CRS or resolution (``target_grid``), and then with the named method.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +23,16 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
+from .access import redact_text
 from .bands import BandSource
 from .errors import BandError, ConfigError, ReadError
+
+try:  # GDAL's own errors (CPLE_*), which rasterio raises, or chains under a RasterioIOError
+    from rasterio._err import CPLE_BaseError
+except ImportError:  # pragma: no cover - a rasterio that moved them
+    CPLE_BaseError = rasterio.errors.RasterioError
+
+RASTER_ERRORS = (rasterio.errors.RasterioError, CPLE_BaseError)
 
 
 @dataclass(frozen=True)
@@ -80,13 +90,38 @@ def read_grid(href: str) -> Grid:
 @functools.lru_cache(maxsize=256)
 def read_header(href: str) -> tuple[Grid, int]:
     """(grid, band count) of a raster file, opened once per href and remembered."""
-    try:
+    with raster_errors(href):
         with rasterio.open(href) as ds:
             if ds.crs is None:
-                raise ReadError(f"{href} has no CRS in its header; it cannot be placed on a map")
+                raise ReadError(f"{redact_text(href)} has no CRS in its header; it cannot be placed on a map")
             return Grid(ds.crs, ds.transform, ds.width, ds.height), ds.count
-    except rasterio.errors.RasterioIOError as exc:
-        raise ReadError(f"cannot read raster {href}: {str(exc).splitlines()[0]}") from None
+
+
+@contextmanager
+def raster_errors(href: str, doing: str = "read raster") -> Iterator[None]:
+    """Turn what GDAL raises while opening or reading ``href`` (a missing file, a truncated or
+    corrupt tile, an HTTP error) into one ``ReadError`` line naming the file (redacted) and why."""
+    try:
+        yield
+    except RASTER_ERRORS as exc:
+        raise ReadError(f"cannot {doing} {redact_text(href)}: {gdal_reason(exc)}") from exc
+
+
+def gdal_reason(exc: BaseException) -> str:
+    """The most specific line of a rasterio/GDAL error: the innermost of its chain (rasterio
+    raises "Read failed. See previous exception for details." over GDAL's own messages, the
+    last of which says what went wrong, e.g. ``TIFFFillTile: Read error ... got 116085 bytes``),
+    redacted as every message is (``access.redact_text``: GDAL's may hold a signed URL)."""
+    messages = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc).strip()
+        if text and "see previous exception" not in text.lower():
+            messages.append(text.splitlines()[0].strip())
+        # GDAL's messages are chained as causes; a context is followed only when it is one too.
+        exc = exc.__cause__ or (exc.__context__ if isinstance(exc.__context__, RASTER_ERRORS) else None)
+    return redact_text(messages[-1] if messages else "unknown GDAL error")
 
 
 def native_grid(item: pystac.Item, bands: list[BandSource]) -> Grid:
@@ -115,7 +150,11 @@ def target_grid(native: Grid, crs: str | None, resolution: float | None) -> Grid
         dst_crs = CRS.from_user_input(crs) if crs else native.crs
     except rasterio.errors.CRSError as exc:
         raise ConfigError(f"--crs {crs!r} is not a CRS: {exc}") from None
-    transform, width, height = rasterio.warp.calculate_default_transform(
-        native.crs, dst_crs, native.width, native.height, *native.bounds, resolution=resolution
-    )
+    try:
+        transform, width, height = rasterio.warp.calculate_default_transform(
+            native.crs, dst_crs, native.width, native.height, *native.bounds, resolution=resolution
+        )
+    except RASTER_ERRORS as exc:  # e.g. the area lies outside where the CRS is defined
+        raise ConfigError(f"--crs {crs or native.crs_code!r}: cannot reproject the item's grid onto it "
+                          f"({gdal_reason(exc)})") from exc
     return Grid(dst_crs, transform, width, height)

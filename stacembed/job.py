@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from contextlib import closing
-from dataclasses import dataclass
+from contextlib import ExitStack, closing
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from .chips import ChipBatch, ChipGrid, check_patch_tiling
 from .concurrency import ordered_map
 from .config import RunConfig
 from .embed import Embedder, configure_threads, default_prefetch, default_streams, select_device
+from .errors import ResolveError
 from .feed import FeedSpec, feed
 from .grid import Grid, native_grid, target_grid
 from .layout import OutputLayout, file_sha256, safe_name, write_json
@@ -59,7 +60,6 @@ class Inputs:
     card: ModelCard
     search: Search
     series: tuple[Series, ...]
-    collection_id: str
     chip_size: int
     stride: int
 
@@ -74,9 +74,40 @@ class Inputs:
         with rasterio.Env(**search.access.gdal_options()):
             series = build_series(matched, config.time_steps)
         chip_size = card.chip_size(config.chip_size)
-        source_collection = items[0].collection_id or "items"
-        collection_id = config.output_collection or safe_name(f"{source_collection}-{card.name}")
-        return cls(config, card, search, tuple(series), collection_id, chip_size, config.stride or chip_size)
+        inputs = cls(config, card, search, tuple(series), chip_size, config.stride or chip_size)
+        return replace(inputs, series=inputs.unique_series())
+
+    def output_collection(self, series: Series) -> str:
+        """The output collection of ``series``: ``--output-collection``, else one per source
+        collection (``<source collection>-<model>``), so that items are unique per (collection, id)."""
+        source = series.items[0].collection_id or "items"
+        return self.config.output_collection or safe_name(f"{source}-{self.card.name}")
+
+    @property
+    def collection_ids(self) -> list[str]:
+        """The output collections, in the order of the series."""
+        return list(dict.fromkeys(self.output_collection(s) for s in self.series))
+
+    def unique_series(self) -> tuple[Series, ...]:
+        """The series, each writing its own output item (output collection, id).
+
+        An item listed twice by its source is embedded once (with a warning); items of the same
+        id from several source collections put in one ``--output-collection`` are an error, not
+        one of them silently dropped.
+        """
+        seen: dict[tuple[str, str], Series] = {}
+        for series in self.series:
+            key = (self.output_collection(series), series.id)
+            first = seen.setdefault(key, series)
+            if first is series:
+                continue
+            sources = sorted({str(s.items[0].collection_id) for s in (first, series)})
+            if len(sources) > 1:
+                raise ResolveError(f"items {series.id!r} of collections {' and '.join(sources)} would be one item of "
+                                   f"output collection {key[0]!r}; drop --output-collection to get one output "
+                                   "collection per source collection")
+            log.warning("item %r of collection %s is listed twice; embedding it once", series.id, sources[0])
+        return tuple(seen.values())
 
     def plan_item(self, series: Series) -> ItemPlan:
         """The chip grid of ``series``: on its first item's native grid, or the one
@@ -124,7 +155,7 @@ class Run:
     inputs: Inputs
     batch_size: int
     provenance: Provenance
-    layout: OutputLayout
+    layouts: dict[str, OutputLayout]  # by output collection id
 
     @classmethod
     def freeze(cls, inputs: Inputs, embedder: Embedder, weights: Path | None) -> Run:
@@ -145,15 +176,22 @@ class Run:
             parameters={**config.runtime_parameters(), "chip_size": inputs.chip_size, "stride": inputs.stride},
         )
         batch_size = config.batch_size or embedder.auto_batch_size()
-        return cls(inputs, batch_size, provenance, OutputLayout(config.out, inputs.collection_id))
+        layouts = {cid: OutputLayout(config.out, cid) for cid in inputs.collection_ids}
+        return cls(inputs, batch_size, provenance, layouts)
 
     @property
     def config(self) -> RunConfig:
         return self.inputs.config
 
+    def layout_of(self, series: Series) -> OutputLayout:
+        """Where ``series``' output item goes: its output collection's layout."""
+        return self.layouts[self.inputs.output_collection(series)]
+
     def finished(self, series: Series) -> bool:
-        """Whether ``series``' item is on disk from an earlier run with the same parameters."""
-        return self.layout.resumable(series.id, self.provenance.runtime_parameters())
+        """Whether ``series``' item is on disk, whole, from an earlier run with the same parameters
+        (``--verify``: checksums too; a damaged item is embedded again)."""
+        return self.layout_of(series).resumable(series.id, self.provenance.runtime_parameters(),
+                                                verify=self.config.verify)
 
 
 def embed_series(run: Run, series: Series, embedder: Embedder, show: bool = False) -> int | None:
@@ -185,13 +223,18 @@ def embedded_batches(run: Run, plan: ItemPlan, embedder: Embedder,
         yield from ordered_map(embed, batches, embedder.streams, ahead=spec.ahead)
 
 
-def write_item(run: Run, plan: ItemPlan, batches: Iterable[tuple[ChipBatch, np.ndarray]], show: bool = False) -> int:
-    """Write the embedded ``batches`` of one series as its output item (atomically); returns the chips written."""
-    formats, item_id = run.config.formats, plan.series.id
-    with run.layout.writing_item(item_id) as tmp:
-        files = {fmt: tmp / run.layout.asset_name(item_id, fmt) for fmt in formats}
+def write_item(run: Run, plan: ItemPlan, batches: Iterable[tuple[ChipBatch, np.ndarray]],
+               show: bool = False) -> int | None:
+    """Write the embedded ``batches`` of one series as its output item (atomically); returns the
+    chips written, or None when another process finished the same item first and its copy stood."""
+    formats, item_id, layout = run.config.formats, plan.series.id, run.layout_of(plan.series)
+    with layout.writing_item(item_id, run.provenance.runtime_parameters()) as staging, ExitStack() as opened:
+        files = {fmt: staging.path / layout.asset_name(item_id, fmt) for fmt in formats}
         source = SourceInfo.from_items(plan.series.items, item_id)
-        writers = [open_writer(fmt, files[fmt], plan.chip_grid, source, run.provenance.embedding) for fmt in formats]
+        writers = []
+        for fmt in formats:
+            writers.append(open_writer(fmt, files[fmt], plan.chip_grid, source, run.provenance.embedding))
+            opened.callback(writers[-1].abort)  # on the way out: nothing left open, whatever happened
         chips = 0
         with tqdm(total=len(plan.chip_grid), desc=item_id, unit="chip", leave=False, disable=not show) as bar:
             for batch, embeddings in batches:
@@ -203,9 +246,12 @@ def write_item(run: Run, plan: ItemPlan, batches: Iterable[tuple[ChipBatch, np.n
         for writer in writers:
             properties.update(writer.close())
         item = output_item(
-            plan.series.items, item_id=item_id, layout=run.layout, files=files, formats=formats,
+            plan.series.items, item_id=item_id, layout=layout, files=files, formats=formats,
             chip_grid=plan.chip_grid, provenance=run.provenance, properties=properties,
+            keep_href_query=run.config.keep_href_query,
         )
-        write_json(tmp / run.layout.item_file(item_id).name, item)
+        write_json(staging.path / layout.item_file(item_id).name, item)
+    if not staging.kept:
+        return None
     log.info("item %s: %d chips embedded", item_id, chips)
     return chips

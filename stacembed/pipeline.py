@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,12 +24,14 @@ import pystac
 import rasterio
 
 from .access import redact
-from .catalog import canonical_href, write_catalog, write_model_card
+from .catalog import canonical_href, write_collection, write_model_card, write_root_catalog
 from .config import RunConfig
 from .embed import Embedder
+from .errors import OutputError
 from .executors import Executor, executor_for
 from .job import Inputs, Run
-from .layout import OutputLayout
+from .layout import OutputLayout, exclusive
+from .temporal import Series
 
 log = logging.getLogger("stacembed")
 
@@ -39,7 +42,7 @@ BYTES_PER_VALUE = {"float32": 4, "float16": 2, "int8": 1}
 class RunSummary:
     out: Path
     catalog: Path | None
-    collection_id: str
+    collection_ids: list[str]
     items_done: list[str] = field(default_factory=list)
     items_resumed: list[str] = field(default_factory=list)
     chips: int = 0
@@ -72,8 +75,9 @@ def plan(config: RunConfig) -> dict:
         "bands": list(inputs.card.bands),
         "chip_size": inputs.chip_size,
         "stride": inputs.stride,
-        "collection": inputs.collection_id,
-        "collection_dir": OutputLayout(config.out, inputs.collection_id).collection_dir if config.out else None,
+        "collections": inputs.collection_ids,
+        "collection_dirs": [OutputLayout(config.out, c).collection_dir for c in inputs.collection_ids]
+        if config.out else [],
         "items": rows,
         "chips": total_chips,
         "estimated_bytes": total_chips * bytes_per_chip,
@@ -89,7 +93,8 @@ def run(config: RunConfig) -> RunSummary:
     """
     started = time.perf_counter()
     inputs = Inputs.resolve(config)
-    with executor_for(config) as executor:
+    _check_inputs_survive(inputs)
+    with exclusive(config.out), executor_for(config) as executor:
         embedder, weights = inputs.load_embedder(device=None if executor.embeds_here else "cpu")
         frozen = Run.freeze(inputs, embedder, weights)
         if not executor.embeds_here:
@@ -110,39 +115,74 @@ def run(config: RunConfig) -> RunSummary:
 
 def _embed(run: Run, executor: Executor, embedder: Embedder | None) -> RunSummary:
     """Embed every series into the output tree with ``executor``, then write the catalog."""
-    created = run.layout.create()
-    summary = RunSummary(run.config.out, None, run.layout.collection_id, streams=executor.streams(embedder))
+    created = [directory for layout in run.layouts.values() for directory in layout.create()]
+    summary = RunSummary(run.config.out, None, list(run.layouts), streams=executor.streams(embedder))
     try:
         for series, chips in zip(run.inputs.series, executor.embed(run, embedder), strict=True):
             summary.record(series.id, chips)
     finally:
-        run.layout.remove_if_empty(created)
+        OutputLayout.remove_if_empty(created)
     summary.catalog = finish_catalog(run)
     return summary
 
 
 def finish_catalog(run: Run) -> Path:
-    """Write the model card copy, the collection and the catalog from every finished item (last)."""
+    """Write each output collection (model card copy, collection, items mirror) from its finished
+    items, then the root catalog over every collection in ``--out`` (last)."""
     inputs = run.inputs
-    write_model_card(run.layout, inputs.card)
-    return write_catalog(
-        run.layout, list(run.layout.finished_items()), provenance=run.provenance,
-        source_href=_source_href(inputs),
-        description=f"Embeddings of {inputs.series[0].items[0].collection_id or 'STAC items'} "
-                    f"made with model {inputs.card.name} by stacembed.",
-    )
+    for collection_id, layout in run.layouts.items():
+        items = list(layout.finished_items())
+        if not items:
+            continue
+        first = next(s for s in inputs.series if inputs.output_collection(s) == collection_id)
+        write_model_card(layout, inputs.card)
+        write_collection(
+            layout, items, provenance=run.provenance, source_href=_source_href(inputs, first),
+            description=f"Embeddings of {first.items[0].collection_id or 'STAC items'} "
+                        f"made with model {inputs.card.name} by stacembed.",
+        )
+    return write_root_catalog(run.config.out)
 
 
-def _source_href(inputs: Inputs) -> str | None:
-    first = inputs.series[0].items[0]
+def _check_inputs_survive(inputs: Inputs) -> None:
+    """Refuse an ``--out`` whose outputs would overwrite an input (its catalog, items or assets)."""
+    layouts = [OutputLayout(inputs.config.out, c) for c in inputs.collection_ids]
+    for path in _local_inputs(inputs):
+        if any(layout.writes(path) for layout in layouts):
+            raise OutputError(f"--out {inputs.config.out} would overwrite the input {path}; choose another --out")
+
+
+def _local_inputs(inputs: Inputs) -> Iterator[Path]:
+    """The local files a run reads: the catalog or items file, item and collection JSON, assets."""
+    hrefs = [inputs.config.catalog, inputs.config.items]
+    for series in inputs.series:
+        for acquisition in series.acquisitions:
+            item = acquisition.item
+            collection = item.get_single_link("collection")
+            hrefs += [item.get_self_href(), collection.get_absolute_href() if collection else None]
+            hrefs += [band.href for band in acquisition.bands]
+    for href in dict.fromkeys(h for h in hrefs if h):
+        path = href.removeprefix("file://")
+        if "://" not in path:
+            yield Path(path).resolve()
+
+
+def _source_href(inputs: Inputs, series: Series) -> str | None:
+    """Where the source collection of ``series`` lives (``emb:source-data``), as outputs write hrefs."""
+    keep = inputs.config.keep_href_query
+    first = series.items[0]
     collection = first.get_single_link("collection")
     if collection is not None and collection.get_absolute_href():
         source = _at_hand_collection(first, collection)
-        return canonical_href(source) if source is not None else redact(collection.get_absolute_href())
+        if source is not None:
+            return canonical_href(source, keep_query=keep)
+        return redact(collection.get_absolute_href(), keep_query=keep)
     if inputs.search.api:
-        return redact(inputs.search.api)
+        return redact(inputs.search.api, keep_query=keep)
     href = inputs.config.items or inputs.config.catalog
-    return str(Path(href).resolve()) if href and "://" not in href else href
+    if not href:
+        return None
+    return str(Path(href).resolve()) if "://" not in href else redact(href, keep_query=keep)
 
 
 def _at_hand_collection(item: pystac.Item, link: pystac.Link) -> pystac.Collection | None:

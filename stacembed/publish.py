@@ -15,10 +15,8 @@ from urllib.parse import quote
 
 import pystac
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3 import Retry
 
-from .access import Access, redact, redact_headers
+from .access import Access, redact_headers, redact_text
 from .errors import PublishError
 from .layout import catalog_file
 
@@ -35,8 +33,8 @@ def publish_catalog(catalog: str | Path, api: str, *, asset_base_href: str | Non
     if not asset_base_href:
         raise PublishError("publishing needs --asset-base-href: the URL where the catalog's files are served")
     rewrite = _Rewriter(root_dir, asset_base_href.rstrip("/"))
-    session = _session(access)
     api = api.rstrip("/")
+    session = access.session(api)  # retries with backoff; --header for the API's origin only
     _check_transactions(session, api, access)
     count = 0
     for collection in root.get_all_collections():
@@ -48,7 +46,7 @@ def publish_catalog(catalog: str | Path, api: str, *, asset_base_href: str | Non
             item.collection_id = collection.id
             _upsert(session, items_url, f"{items_url}/{quote(item.id, safe='')}", rewrite.document(item), access)
             count += 1
-        log.info("published collection %s (%d items) to %s", collection.id, count, redact(api))
+        log.info("published collection %s (%d items) to %s", collection.id, count, redact_text(api))
     return count
 
 
@@ -95,22 +93,12 @@ def _read_catalog(catalog: str | Path) -> pystac.Catalog:
     return root
 
 
-def _session(access: Access) -> requests.Session:
-    session = requests.Session()
-    retry = Retry(total=access.retries, backoff_factor=0.5, status_forcelist=(429, 502, 503, 504),
-                  allowed_methods=None, raise_on_status=False)
-    for scheme in ("http://", "https://"):
-        session.mount(scheme, HTTPAdapter(max_retries=retry))
-    session.headers.update(access.headers)
-    return session
-
-
 def _check_transactions(session: requests.Session, api: str, access: Access) -> None:
     landing = _call(session, "GET", api, access)
     conforms = (landing.json() or {}).get("conformsTo", []) if landing.ok else []
     if not any("transaction" in uri for uri in conforms):
         raise PublishError(
-            f"{redact(api)} does not conform to the STAC API Transactions extension; "
+            f"{redact_text(api)} does not conform to the STAC API Transactions extension; "
             "it cannot take new collections or items"
         )
 
@@ -121,8 +109,8 @@ def _upsert(session: requests.Session, create_url: str, update_url: str, data: d
     if response.status_code == 409:
         response = _call(session, "PUT", update_url, access, json=data)
     if not response.ok:
-        body = redact_headers(" ".join(response.text.split())[:300], access.headers)
-        raise PublishError(f"{redact(create_url)} refused {what}: HTTP {response.status_code} {body}")
+        body = redact_text(redact_headers(" ".join(response.text.split())[:300], access.headers))
+        raise PublishError(f"{redact_text(create_url)} refused {what}: HTTP {response.status_code} {body}")
 
 
 def _call(session: requests.Session, method: str, url: str, access: Access, **kwargs: Any) -> requests.Response:
@@ -130,5 +118,5 @@ def _call(session: requests.Session, method: str, url: str, access: Access, **kw
         return session.request(method, url, timeout=access.timeout, **kwargs)
     except requests.RequestException as exc:
         kind = "no answer in time" if isinstance(exc, requests.Timeout) else "cannot connect"
-        raise PublishError(f"STAC API {redact(url)}: {kind} ({type(exc).__name__})") from None
+        raise PublishError(f"STAC API {redact_text(url)}: {kind} ({type(exc).__name__})") from None
 

@@ -54,7 +54,7 @@ def test_output_items_keep_source_metadata_and_provenance(sample_run):
         assert params["mlm:name"] == "stacembed-demo-landsat" and params["mlm:pretrained"] is False
         assert (params["chip_size"], params["stride"]) == (64, 64)
         links = {link["rel"]: link["href"] for link in item["links"]}
-        derived = Path(links["derived_from"])
+        derived = item_file.parent / links["derived_from"]
         assert derived.is_file() and json.loads(derived.read_text())["id"] == item["id"]
         card = json.loads((item_file.parent / links["emb:model"]).read_text())
         assert card["properties"]["mlm:name"] == "stacembed-demo-landsat"
@@ -72,7 +72,8 @@ def test_output_items_keep_source_metadata_and_provenance(sample_run):
 def test_geotiff_is_georeferenced_on_the_chip_grid(sample_run):
     for item_file in sample_run.glob("*/L7-*/L7-*.json"):
         item = json.loads(item_file.read_text())
-        source = pystac.Item.from_file(next(link["href"] for link in item["links"] if link["rel"] == "derived_from"))
+        derived = next(link["href"] for link in item["links"] if link["rel"] == "derived_from")
+        source = pystac.Item.from_file(str(item_file.parent / derived))
         with rasterio.open(source.assets["red"].get_absolute_href()) as src:
             src_transform, src_crs, shape = src.transform, src.crs, (src.height, src.width)
         asset = item["assets"]["embeddings-geotiff"]
@@ -192,8 +193,10 @@ def test_provenance_names_the_canonical_location_of_copied_sources(synthetic_cat
     derived = {}
     for path in (tmp_path / "out").glob("*/item-*/item-*.json"):
         item = json.loads(path.read_text())
-        derived[item["id"]] = [link["href"] for link in item["links"] if link["rel"] == "derived_from"]
-    assert derived["item-0"] == [f"{original}/items/item-0"]
-    assert derived["item-1"] == [str(catalog.parent / "synthetic" / "item-1" / "item-1.json")]
+        derived[item["id"]] = [(path.parent, link["href"]) for link in item["links"] if link["rel"] == "derived_from"]
+    assert [href for _, href in derived["item-0"]] == [f"{original}/items/item-0"]
+    [(item_dir, href)] = derived["item-1"]  # a local source: relative to the item, no absolute path
+    assert not Path(href).is_absolute()
+    assert (item_dir / href).resolve() == (catalog.parent / "synthetic" / "item-1" / "item-1.json").resolve()
     collection = json.loads(next((tmp_path / "out").glob("*/collection.json")).read_text())
     assert [link["href"] for link in collection["links"] if link["rel"] == "emb:source-data"] == [original]

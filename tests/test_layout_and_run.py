@@ -55,7 +55,7 @@ def test_the_layout_names_every_path_and_link_of_the_tree(tmp_path):
 
 def test_create_clears_temporaries_of_dead_processes_only(tmp_path):
     layout = OutputLayout(tmp_path / "out", "coll")
-    assert layout.create() == [layout.collection_dir, layout.root]
+    assert layout.create() == [layout.collection_dir]
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = layout.collection_dir / f".item-a.{int(dead.stdout)}.tmp"
     mine = temporary_path(layout.item_dir("item-b"))
@@ -64,22 +64,25 @@ def test_create_clears_temporaries_of_dead_processes_only(tmp_path):
     assert layout.create() == []
     assert not stale.exists() and mine.exists()
     mine.rmdir()
-    layout.remove_if_empty([layout.collection_dir, layout.root])
-    assert not layout.root.exists()
+    layout.remove_if_empty([layout.collection_dir])
+    assert not layout.collection_dir.exists()
 
 
 def test_an_item_finished_elsewhere_first_is_kept_and_other_parameters_refused(tmp_path):
     layout = OutputLayout(tmp_path, "coll")
     layout.create()
     parameters = {"mlm:name": "m", "chip_size": 32, "weights_sha256": "abc"}
-    with layout.writing_item("it") as tmp:
-        write_json(tmp / layout.item_file("it").name,
+    with layout.writing_item("it", parameters) as staging:
+        write_json(staging.path / layout.item_file("it").name,
                    {"id": "it", "properties": {"emb:runtime_parameters": parameters}})
         # another worker renames its copy into place while this one is still writing
         os.mkdir(layout.item_dir("it"))
         write_json(layout.item_file("it"), {"id": "it", "properties": {"emb:runtime_parameters": parameters},
                                             "theirs": True})
+    assert not staging.kept  # this one's work was thrown away: not counted as embedded
     assert layout.finished_item("it")["theirs"] and [d.name for d in layout.collection_dir.iterdir()] == ["it"]
+    with pytest.raises(OutputError, match="other parameters"), layout.writing_item("it", {**parameters, "stride": 8}):
+        pass  # the copy that stands was made differently: checked at the move too
     assert layout.resumable("it", parameters) and not layout.resumable("other", parameters)
     with pytest.raises(OutputError, match=r"other parameters \(chip_size, weights\)"):
         layout.resumable("it", {**parameters, "chip_size": 64, "weights_sha256": "def"})
@@ -94,7 +97,7 @@ def test_run_parameters_are_resolved_once_and_frozen(tmp_path):
     embedder, weights = inputs.load_embedder(device="cpu", streams=1)
     assert embedder.input_shape == (len(card.bands), inputs.chip_size, inputs.chip_size)
     run = Run.freeze(inputs, embedder, weights)
-    assert run.batch_size == 16 and run.layout == OutputLayout(tmp_path, inputs.collection_id)
+    assert run.batch_size == 16 and list(run.layouts.values()) == [OutputLayout(tmp_path, inputs.collection_ids[0])]
     assert run.provenance.parameters["chip_size"] == inputs.chip_size
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.batch_size = 32

@@ -102,7 +102,7 @@ def tile_rows(chip_grid: ChipGrid, tile_chips: int) -> list[range]:
 def parts_dir(run: Run, series: Series) -> Path:
     """Where a series' part files wait, named by the run's parameters so no other run reuses them."""
     parameters = json.dumps(run.provenance.runtime_parameters(), sort_keys=True).encode()
-    return run.layout.parts_dir(series.id, hashlib.sha256(parameters).hexdigest()[:12])
+    return run.layout_of(series).parts_dir(series.id, hashlib.sha256(parameters).hexdigest()[:12])
 
 
 def _submit(client: Client, shared, run: Run, index: int):
@@ -154,7 +154,7 @@ def _merge_task(run: Run, index: int, parts: list[Path | None]) -> int | None:
         if not chips:
             log.warning("item %r: no chip has enough valid pixels (--min-valid %g), so its embedding outputs "
                         "are empty", series.id, run.config.min_valid)
-    for stale in run.layout.stale_parts(series.id):
+    for stale in run.layout_of(series).stale_parts(series.id):
         shutil.rmtree(stale, ignore_errors=True)
     return chips
 

@@ -2,7 +2,8 @@
 
 The directory is what the CWL application package takes as ``model_dir`` and what
 ``--model DIR/model.json`` reads: the weights asset points at the copied file with a relative
-href and its SHA-256, or keeps the remote URL when the weights are not on this machine.
+href and its SHA-256, or keeps the remote URL when the weights are not on this machine (nothing
+is downloaded here; ``unwritten_weights`` says what was left out, for the CLI to warn about).
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ def export_card(card: ModelCard, out_dir: Path, weights: str | None = None) -> l
     # ASCII-escaped, unlike layout.write_json: the bytes of an exported card stay as they were.
     write_bytes(card_path, (json.dumps(item, indent=2) + "\n").encode())
     return [card_path, *written]
+
+
+def unwritten_weights(card: ModelCard, written: list[Path]) -> str | None:
+    """The weights ``export_card`` left out of ``written`` (not on this machine), by href; None
+    when they were written or the card has none."""
+    asset = weights_asset(card.item)
+    if asset is None or any(path.name != "model.json" for path in written):
+        return None
+    return card.weights_href or asset.get("href")
 
 
 def _place_weights(card: ModelCard, item: dict, out_dir: Path, weights: str | None) -> list[Path]:

@@ -60,7 +60,7 @@ def open_reader(
         series, grid, chunks=chunks, resampling=resampling,
         loader="stackstac" if loader == "auto" else loader, gdal_options=gdal_options or {},
     )
-    return StackReader(data, threads)
+    return StackReader(data, threads, hrefs=tuple(band.href for _, bands in series for band in bands))
 
 
 __all__ = ["DirectReader", "Reader", "open_reader"]

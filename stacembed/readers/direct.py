@@ -14,9 +14,10 @@ import rasterio
 from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
+from ..access import redact_text
 from ..bands import BandSource
 from ..errors import ReadError
-from ..grid import Grid
+from ..grid import Grid, raster_errors
 
 
 def _file_mask(ds, index: int, raw: np.ndarray, window: Window) -> np.ndarray | None:
@@ -49,13 +50,22 @@ class DirectReader:
 
     def __init__(self, series: list[tuple[pystac.Item, list[BandSource]]], grid: Grid) -> None:
         self.bands = series[0][1]
-        self.datasets = [[rasterio.open(b.href) for b in bands] for _, bands in series]
+        self.datasets: list[list] = []
         self.time_steps = len(series)
         self.shape = (len(self.bands), *((self.time_steps,) if self.time_steps > 1 else ()), grid.height, grid.width)
-        for (item, bands), datasets in zip(series, self.datasets, strict=True):
-            for band, ds in zip(bands, datasets, strict=True):
-                if (ds.width, ds.height) != (grid.width, grid.height) or ds.transform != grid.transform:
-                    raise ReadError(f"item {item.id!r}: {band.href} is not on the item's native grid")
+        try:
+            for item, bands in series:
+                datasets: list = []
+                self.datasets.append(datasets)
+                for band in bands:
+                    with raster_errors(band.href, "open raster"):
+                        ds = rasterio.open(band.href)
+                    datasets.append(ds)
+                    if (ds.width, ds.height) != (grid.width, grid.height) or ds.transform != grid.transform:
+                        raise ReadError(f"item {item.id!r}: {redact_text(band.href)} is not on the item's native grid")
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def tile_row_bytes(self) -> int:
@@ -90,10 +100,11 @@ class DirectReader:
         out = np.empty((len(bands), int(window.height), int(window.width)), dtype="float32")
         invalid = None
         for i, (band, ds) in enumerate(zip(bands, datasets, strict=True)):
-            raw = ds.read(band.index, window=window)
+            with raster_errors(band.href):  # a truncated or corrupt tile fails here, not at open
+                raw = ds.read(band.index, window=window)
+                missing = _file_mask(ds, band.index, raw, window)
             values = out[i]
             values[...] = raw
-            missing = _file_mask(ds, band.index, raw, window)
             if band.nodata is not None and not math.isnan(band.nodata):
                 missing = _either(missing, values == np.float32(band.nodata))
             if np.issubdtype(raw.dtype, np.floating):

@@ -13,9 +13,12 @@ minimal item built here from the verified band sources, which sidesteps stacksta
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import posixpath
 import warnings
 from typing import Any
+from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
 import dask
@@ -25,9 +28,10 @@ import rasterio
 import rasterio._path
 import xarray as xr
 
+from ..access import redact_text
 from ..bands import BandSource
 from ..errors import BandError, ConfigError, ReadError
-from ..grid import Grid, read_grid, read_header
+from ..grid import RASTER_ERRORS, Grid, gdal_reason, raster_errors, read_grid, read_header
 
 
 class StackReader:
@@ -42,18 +46,57 @@ class StackReader:
 
     tile_row_bytes = 0
 
-    def __init__(self, data: xr.DataArray, threads: int = 1) -> None:
+    def __init__(self, data: xr.DataArray, threads: int = 1, hrefs: tuple[str, ...] = ()) -> None:
         self.data = data
         self.shape = data.shape
         self.scheduler = {"scheduler": "synchronous"} if threads <= 1 else {"num_workers": threads}
+        self.hrefs = hrefs
 
     def read(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
-        with dask.config.set(**self.scheduler):
-            block = np.asarray(self.data[..., rows, cols].values)
+        try:
+            with dask.config.set(**self.scheduler):
+                block = np.asarray(self.data[..., rows, cols].values)
+        except Exception as exc:
+            # A truncated or corrupt tile fails in a loader's chunk task: rasterio's error, or
+            # stackstac's RuntimeError over it. Either becomes one line naming the file.
+            cause = _raster_cause(exc)
+            if cause is None:
+                raise
+            href = _failed_href(exc, self.hrefs)
+            what = f"raster {redact_text(href)}" if href else f"item {self.data.attrs.get('item')!r}"
+            raise ReadError(f"cannot read {what}: {gdal_reason(cause)}") from exc
         return block, np.isfinite(block).reshape(-1, *block.shape[-2:]).all(axis=0)
 
     def close(self) -> None:
         """Nothing to close: the loaders open and close files per chunk."""
+
+
+def _chain(exc: BaseException | None):
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _raster_cause(exc: BaseException) -> BaseException | None:
+    """The rasterio/GDAL error in ``exc``'s chain, if any."""
+    return next((e for e in _chain(exc) if isinstance(e, RASTER_ERRORS)), None)
+
+
+def _failed_href(exc: BaseException, hrefs: tuple[str, ...]) -> str | None:
+    """Which of ``hrefs`` (or of the float VRTs made of them) the error names, if it names one:
+    stackstac's error has the href ("Error reading Window(...) from 'href'"); odc-stac's has only
+    GDAL's messages, which start with the file's base name ("B3.tif, band 1: IReadBlock failed")."""
+    names = {href: href for href in hrefs}
+    names.update({vrt.name: key[0] for key, vrt in _VRTS.items() if key[0] in names})
+    text = " ".join(str(e) for e in _chain(exc))
+    found = [name for name in names if name in text]
+    if found:
+        return names[max(found, key=len)]
+    by_base = {href: posixpath.basename(urlsplit(href).path) for href in hrefs}
+    found = [href for href, base in by_base.items() if base and f"{base}, band " in text]
+    return found[0] if len(found) == 1 else None
 
 
 def stack_item(
@@ -111,12 +154,9 @@ def _float_vrt(href: str, index: int, declared: float | None) -> str:
 
 def _float_vrt_xml(href: str, index: int, declared: float | None) -> str:
     """VRT XML of band ``index`` of ``href`` as float32, nodata: the declared one, else the header's."""
-    try:
-        with rasterio.open(href) as ds:
-            header = ds.nodatavals[index - 1]
-            width, height, crs, transform = ds.width, ds.height, ds.crs, ds.transform
-    except rasterio.errors.RasterioIOError as exc:
-        raise ReadError(f"cannot read raster {href}: {str(exc).splitlines()[0]}") from None
+    with raster_errors(href), rasterio.open(href) as ds:
+        header = ds.nodatavals[index - 1]
+        width, height, crs, transform = ds.width, ds.height, ds.crs, ds.transform
     nodata = declared if declared is not None else header
     source = rasterio._path._parse_path(href).as_vsi()
     return "".join([
@@ -217,6 +257,7 @@ def _load_odc(
             minimal.assets[key].extra_fields.update(_asset_dict(band, with_href=False))
         names.append(f"{key}.{band.index}" if _band_count(band.href) > 1 else key)
     odc.stac.configure_rio(**gdal_options)
+    _quiet_odc_read_failures()
     geobox = GeoBox((grid.height, grid.width), grid.transform, grid.crs)
     dataset = odc.stac.load(
         [minimal], bands=names, geobox=geobox, chunks={"y": chunks[0], "x": chunks[1]},
@@ -227,6 +268,20 @@ def _load_odc(
     # a geographic one such as --crs EPSG:4326.
     data = data.rename(dict(zip(geobox.dimensions, ("y", "x"), strict=True)))
     return _check_shape(data.transpose("band", "y", "x"), grid, item)
+
+
+def _quiet_odc_read_failures() -> None:
+    """odc-stac logs a failed read as an ERROR and then raises it (``fail_on_error``, its default
+    and ours); ``StackReader.read`` turns what it raises into the run's one error line, so the log
+    record would only say the same thing twice. Records of reads it skips are left alone."""
+    logger = logging.getLogger("odc.loader._rio")
+    if not any(isinstance(f, _RaisedReadFailures) for f in logger.filters):
+        logger.addFilter(_RaisedReadFailures())
+
+
+class _RaisedReadFailures(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and str(record.msg).startswith("Failed to load"))
 
 
 def _asset_dict(band: BandSource, with_href: bool = True) -> dict:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pystac
 
-from ..access import Access, redact
+from ..access import Access, redact_text
 from ..errors import ConfigError, ResolveError
 from .files import only_collections, read_item_file
 from .filters import ItemFilter, apply, item_time_range
@@ -85,8 +85,8 @@ class Search:
     def source(self) -> str:
         """Where the items come from, safe to print."""
         if self.api:
-            return redact(self.api) + (f" (preset {self.preset})" if self.preset else "")
-        return self.items or self.catalog or "the bundled sample catalog"
+            return redact_text(self.api) + (f" (preset {self.preset})" if self.preset else "")
+        return redact_text(self.items or self.catalog or "the bundled sample catalog")
 
     def items_found(self) -> list[pystac.Item]:
         """The matching items, signed when the source needs it; an empty answer is an error."""
@@ -95,11 +95,12 @@ class Search:
 
             found = search_api(self.api, self.filter, self.access, self.page_size)
         elif self.items:
-            found = list(apply(only_collections(read_item_file(self.items), self.filter.collections)
-                               if self.filter.collections else read_item_file(self.items), self.filter))
-        else:
-            found = list(apply(catalog_items(self.catalog or sample_catalog_href(), self.filter.collections),
+            read = read_item_file(self.items, self.access)
+            found = list(apply(only_collections(read, self.filter.collections) if self.filter.collections else read,
                                self.filter))
+        else:
+            found = list(apply(catalog_items(self.catalog or sample_catalog_href(), self.filter.collections,
+                                             self.access), self.filter))
         if not found:
             raise ResolveError(f"no items matched in {self.source} ({self.filter.describe()})")
         return [self.access.sign(item) for item in found]

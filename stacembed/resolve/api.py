@@ -16,9 +16,8 @@ import warnings
 from typing import Any
 
 import pystac
-from urllib3 import Retry
 
-from ..access import Access, redact, redact_headers
+from ..access import Access, redact_headers, redact_text
 from ..errors import ResolveError
 from .filters import ItemFilter, apply, field_value, interval_text, sort_items, sortby_param
 
@@ -45,11 +44,11 @@ def search_api(url: str, filter: ItemFilter, access: Access, page_size: int = PA
         for part in ("filter", "query"):
             if part in server_parts and not items and _ignores(client, filter, part):
                 log.warning("%s claims to support %s but answers a %s that must match with no items; "
-                            "applying --%s on the client", redact(url), part, part, part)
+                            "applying --%s on the client", redact_text(url), part, part, part)
                 server_parts.discard(part)
                 items = _search(client, filter, server_parts, page_size)
         if "sort" in server_parts and not _is_sorted(items, filter):
-            log.warning("%s did not sort the results by %s; sorting on the client", redact(url),
+            log.warning("%s did not sort the results by %s; sorting on the client", redact_text(url),
                         ",".join(f for f, _ in filter.sortby))
             server_parts.discard("sort")
             items = _search(client, filter, server_parts, page_size)
@@ -59,22 +58,23 @@ def search_api(url: str, filter: ItemFilter, access: Access, page_size: int = PA
 
 
 def open_client(url: str, access: Access):
-    """A pystac-client ``Client`` with the user's headers, timeout and retries with backoff."""
+    """A pystac-client ``Client`` over ``Access.session(url)``: the user's headers for the API's
+    origin only (not for hosts its links name), the timeout, retries with backoff."""
     from pystac_client import Client
     from pystac_client.stac_api_io import StacApiIO
 
-    retry = Retry(total=access.retries, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
-                  allowed_methods=None, raise_on_status=False)
-    stac_io = StacApiIO(headers=dict(access.headers), timeout=access.timeout, max_retries=retry)
+    stac_io = StacApiIO(max_retries=None, timeout=access.timeout)
+    stac_io.session = access.session(url)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            client = Client.open(url, stac_io=stac_io)
+            # The timeout again: Client.open resets the StacApiIO's to what it is given.
+            client = Client.open(url, stac_io=stac_io, timeout=access.timeout)
     except _API_ERRORS as exc:
         raise _api_error(exc, url, access) from None
     if not _conforms(client, "item-search"):
         raise ResolveError(
-            f"{redact(url)} is not a STAC API with item search (no item-search conformance); "
+            f"{redact_text(url)} is not a STAC API with item search (no item-search conformance); "
             "for a static catalog use --catalog"
         )
     return client
@@ -113,7 +113,7 @@ def _server_parts(client, filter: ItemFilter, url: str) -> set[str]:
             parts.add(part)
         else:
             log.warning("%s does not conform to the STAC API %s extension; applying --%s on the client",
-                        redact(url), part.capitalize(), "sortby" if part == "sort" else part)
+                        redact_text(url), part.capitalize(), "sortby" if part == "sort" else part)
     return parts
 
 
@@ -176,7 +176,7 @@ def _check_collections(client, collections: tuple[str, ...], url: str, access: A
     missing = [c for c in collections if c not in known]
     if missing:
         listed = ", ".join(sorted(known)[:20]) + (", ..." if len(known) > 20 else "")
-        raise ResolveError(f"collection {missing[0]!r} not found at {redact(url)} (it has: {listed or 'none'})")
+        raise ResolveError(f"collection {missing[0]!r} not found at {redact_text(url)} (it has: {listed or 'none'})")
 
 
 def _api_errors() -> tuple[type[BaseException], ...]:
@@ -194,12 +194,12 @@ def _api_error(exc: BaseException, url: str, access: Access) -> ResolveError:
     text = " ".join(str(exc).split())
     if "expected type=Catalog" in text or isinstance(exc, pystac.STACTypeError):
         detail = "not a STAC API landing page (for a static catalog use --catalog, for items --items)"
+    elif "timed out" in text.lower():  # before "Max retries": a read timeout out of retries says both
+        detail = f"no answer within {access.timeout:g} s (--timeout)"
     elif "Max retries exceeded" in text or "Connection refused" in text or "NameResolution" in text:
         detail = "cannot connect (is the URL right and the server up?)"
-    elif "timed out" in text.lower():
-        detail = f"no answer within {access.timeout:g} s (--timeout)"
     elif status:
         detail = f"HTTP {status}: {text[:200]}"
     else:
         detail = text[:200] or type(exc).__name__
-    return ResolveError(f"STAC API {redact(url)}: {redact_headers(detail, access.headers)}")
+    return ResolveError(f"STAC API {redact_text(url)}: {redact_text(redact_headers(detail, access.headers))}")

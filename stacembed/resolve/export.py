@@ -19,11 +19,13 @@ from ..errors import OutputError
 from ..layout import atomic_path, write_bytes
 
 
-def write_items(items: list[pystac.Item], fmt: str, output: str | None = None) -> None:
-    """Write ``items`` as ``fmt`` to the file ``output`` (atomically) or to standard output."""
+def write_items(items: list[pystac.Item], fmt: str, output: str | None = None, *,
+                keep_query: bool = False) -> None:
+    """Write ``items`` as ``fmt`` to the file ``output`` (atomically) or to standard output; asset
+    and link hrefs as ``access.redact`` writes them (``keep_query``: ``--keep-href-query``)."""
     if fmt == "geoparquet" and output is None:
         raise OutputError("--format geoparquet needs --output FILE")
-    dicts = [_public(item) for item in items]
+    dicts = [_public(item, keep_query) for item in items]
     if fmt == "geoparquet":
         _write_geoparquet(dicts, Path(output))
         return
@@ -35,12 +37,13 @@ def write_items(items: list[pystac.Item], fmt: str, output: str | None = None) -
             write_bytes(Path(output), text.encode())
 
 
-def _public(item: pystac.Item) -> dict:
-    """The item as a dict with signed hrefs (tokens) removed from what is written out."""
+def _public(item: pystac.Item, keep_query: bool = False) -> dict:
+    """The item as a dict, credentials (userinfo, tokens in queries) removed from every href."""
     data = item.to_dict(include_self_link=True, transform_hrefs=False)
-    data["links"] = [{**link.to_dict(), "href": link.get_absolute_href() or link.href} for link in item.links]
+    data["links"] = [{**link.to_dict(), "href": redact(link.get_absolute_href() or link.href, keep_query)}
+                     for link in item.links]
     for asset in data.get("assets", {}).values():
-        asset["href"] = redact(asset["href"])
+        asset["href"] = redact(asset["href"], keep_query)
     return data
 
 

@@ -9,23 +9,25 @@ from urllib.parse import urlparse
 
 import pystac
 
+from ..access import Access, redact_text
 from ..errors import ResolveError
 
 
-def read_item_file(path: str) -> list[pystac.Item]:
-    """Read an ItemCollection / single Item (JSON), ndjson, or stac-geoparquet file."""
+def read_item_file(path: str, access: Access = Access()) -> list[pystac.Item]:
+    """Read an ItemCollection / single Item (JSON), ndjson, or stac-geoparquet file (JSON over
+    http(s) through ``Access.stac_io``: retried, with the timeout and scoped headers)."""
     suffix = Path(urlparse(path).path).suffix.lower()
     try:
         if suffix in (".parquet", ".geoparquet"):
             items = _read_geoparquet(path)
         elif suffix in (".ndjson", ".jsonl"):
-            items = [_item(json.loads(line)) for line in _read_text(path).splitlines() if line.strip()]
+            items = [_item(json.loads(line)) for line in _read_text(path, access).splitlines() if line.strip()]
         else:
-            items = _read_json_items(json.loads(_read_text(path)))
+            items = _read_json_items(json.loads(_read_text(path, access)))
     except FileNotFoundError:
-        raise ResolveError(f"item file {path!r} does not exist") from None
+        raise ResolveError(f"item file {redact_text(path)!r} does not exist") from None
     except (OSError, ValueError, KeyError, TypeError, pystac.STACError, pystac.STACTypeError) as exc:
-        raise ResolveError(f"cannot read items from {path!r}: {reason(exc)}") from exc
+        raise ResolveError(f"cannot read items from {redact_text(path)!r}: {redact_text(reason(exc))}") from exc
     base = path if urlparse(path).scheme in ("http", "https", "file") else str(Path(path).resolve())
     for item in items:
         if item.get_self_href() is None:
@@ -59,11 +61,9 @@ def reason(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _read_text(path: str) -> str:
-    from pystac.stac_io import StacIO
-
+def _read_text(path: str, access: Access) -> str:
     try:
-        return StacIO.default().read_text(path)
+        return access.stac_io(path).read_text(path)
     except (FileNotFoundError, OSError):
         raise
     except Exception as exc:  # pystac raises a bare Exception ("Could not read uri") for HTTP errors

@@ -50,4 +50,9 @@ class EmbeddingLayout:
 class ChipWriter(Protocol):
     def write(self, batch: ChipBatch, embeddings: np.ndarray) -> None: ...
 
-    def close(self) -> dict[str, Any]: ...
+    def close(self) -> dict[str, Any]:
+        """Finish the file; returns the item properties the writer determined."""
+
+    def abort(self) -> None:
+        """Release what is open without finishing the file (after a failure; a no-op after
+        ``close``). The caller removes the files."""

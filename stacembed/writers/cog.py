@@ -133,6 +133,18 @@ class CogWriter:
             os.unlink(scratch)
         return properties
 
+    def abort(self) -> None:
+        """Close the scratch file without a word from GDAL: after a failed write (a full disk)
+        its flush fails again, and the caller removes the file anyway."""
+        gdal_log = logging.getLogger("rasterio._env")
+        gdal_log.addFilter(_nothing)
+        try:
+            self.dataset.close()
+        except Exception:  # noqa: BLE001 - the file is being thrown away
+            pass
+        finally:
+            gdal_log.removeFilter(_nothing)
+
     def _quantized(self, quantization: Quantization) -> Path:
         """The scratch file as int8, block by block (memory: one block of all bands)."""
         target = self.path.with_name(self.path.stem + ".int8.tif")
@@ -161,6 +173,10 @@ def _block(size: int, bands: int, itemsize: int) -> int:
     """
     fits = math.isqrt(TILE_BYTES // (bands * itemsize)) // 16 * 16
     return max(16, min(256, fits, -(-size // 16) * 16))
+
+
+def _nothing(record: logging.LogRecord) -> bool:
+    return False
 
 
 def _small_blocksize(record: logging.LogRecord) -> bool:

@@ -56,7 +56,10 @@ class GeoParquetWriter:
         self.writer: pq.ParquetWriter | None = None
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self.pending_rows = 0
+        # Bounding boxes of the footprints written, for the ``geo`` metadata: chips at the right and
+        # bottom edges extend past the raster, so neither box is the raster's extent.
         self.extent = [np.inf, np.inf, -np.inf, -np.inf]
+        self.native_extent = [np.inf, np.inf, -np.inf, -np.inf]
 
     def write(self, batch: ChipBatch, embeddings: np.ndarray) -> None:
         if self.ranges is not None:
@@ -106,6 +109,14 @@ class GeoParquetWriter:
         self.path.unlink()
         return {"emb:quantization": described}
 
+    def abort(self) -> None:
+        """Close the Parquet writer, if open, without finishing the file (it is thrown away)."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:  # noqa: BLE001 - the file is being thrown away
+                pass
+
     def _table(self, rows: np.ndarray, cols: np.ndarray, fractions: np.ndarray, embeddings: np.ndarray) -> pa.Table:
         grid, size, stride = self.chip_grid.grid, self.chip_grid.size, self.chip_grid.stride
         col_off, row_off = cols.astype("int64") * stride, rows.astype("int64") * stride
@@ -113,7 +124,8 @@ class GeoParquetWriter:
         native = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
         wgs84 = self._to_wgs84(native, min_length=size * abs(grid.transform.a) / 8)
         boxes = shapely.bounds(wgs84).reshape(-1, 4)
-        self._grow_extent(boxes)
+        self.extent = _grown(self.extent, boxes)
+        self.native_extent = _grown(self.native_extent, bounds)
         n = len(rows)
         ids = np.char.add(np.char.add(f"{self.source.item_id}_r", rows.astype("U")),
                           np.char.add("_c", cols.astype("U")))
@@ -148,37 +160,32 @@ class GeoParquetWriter:
         dense = shapely.segmentize(polygons, min_length) if len(polygons) else polygons
         return shapely.transform(dense, lambda xy: np.column_stack(self.to_wgs84.transform(xy[:, 0], xy[:, 1])))
 
-    def _grow_extent(self, boxes: np.ndarray) -> None:
-        if len(boxes):
-            self.extent = [
-                min(self.extent[0], boxes[:, 0].min()), min(self.extent[1], boxes[:, 1].min()),
-                max(self.extent[2], boxes[:, 2].max()), max(self.extent[3], boxes[:, 3].max()),
-            ]
-
     def _geo_metadata(self) -> dict[str, Any]:
-        extent = [float(v) for v in self.extent] if np.isfinite(self.extent).all() else []
-        native_extent = list(self.chip_grid.grid.bounds)
+        """The GeoParquet ``geo`` metadata; each column's ``bbox`` covers every footprint written
+        (none before the first chip, and none in a file without rows)."""
         geometry = {
             "encoding": "WKB",
             "geometry_types": ["Polygon"],
             "crs": CRS.from_user_input("OGC:CRS84").to_json_dict(),
             "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
         }
-        if extent:
-            geometry["bbox"] = extent  # known once all chips are written
+        native = {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": self.native_crs.to_json_dict()}
+        for column, extent in ((geometry, self.extent), (native, self.native_extent)):
+            if np.isfinite(extent).all():
+                column["bbox"] = [float(v) for v in extent]
         return {
             "version": GEOPARQUET_VERSION,
             "primary_column": "geometry",
-            "columns": {
-                "geometry": geometry,
-                "native_geometry": {
-                    "encoding": "WKB",
-                    "geometry_types": ["Polygon"],
-                    "crs": self.native_crs.to_json_dict(),
-                    "bbox": native_extent,
-                },
-            },
+            "columns": {"geometry": geometry, "native_geometry": native},
         }
+
+
+def _grown(extent: list[float], boxes: np.ndarray) -> list[float]:
+    """``extent`` (xmin, ymin, xmax, ymax) grown to cover every row of ``boxes``."""
+    if not len(boxes):
+        return extent
+    return [min(extent[0], boxes[:, 0].min()), min(extent[1], boxes[:, 1].min()),
+            max(extent[2], boxes[:, 2].max()), max(extent[3], boxes[:, 3].max())]
 
 
 def _embedding_column(values: np.ndarray, dims: int, dtype: str) -> pa.FixedSizeListArray:
@@ -244,8 +251,8 @@ def _property_columns(properties: dict[str, Any]) -> dict[str, tuple[Any, pa.Dat
             columns[name] = (value, pa.int64())
         elif isinstance(value, float):
             columns[name] = (value, pa.float64())
-        elif value is None:
-            columns[name] = (None, pa.null())
+        elif value is None:  # a typed column of nulls: GDAL skips files with null-typed columns
+            columns[name] = (None, pa.string())
         else:
             columns[name] = (str(value), pa.string())
     return columns

@@ -60,7 +60,7 @@ class Quantization:
     def to_stac(self, mode: str) -> dict:
         """The ``emb:quantization`` object of the Embeddings extension."""
         return {
-            "method": f"linear-{mode}",
+            "method": "linear",  # the extension's name; per-dimension or global is in emb:runtime_parameters
             "original_dtype": "float32",
             "quantized_dtype": "int8",
             "scale": [float(v) for v in self.scale],
