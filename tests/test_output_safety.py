@@ -199,3 +199,18 @@ def test_a_rerun_that_changes_nothing_writes_nothing(tmp_path):
     summary = run(_config(out))
     assert summary.items_done == [] and len(summary.items_resumed) == 4
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_rerun_into_a_read_only_finished_out_succeeds(tmp_path):
+    out, read_only = tmp_path / "out", tmp_path / "ro"
+    assert _stacembed("run", "--catalog", SAMPLE, "--weights", "random", "--out", out, "-q").returncode == 0
+    read_only.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(out), str(read_only)]).returncode:
+        pytest.skip("needs root to bind-mount read-only (CI runs as root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(read_only)], check=True)
+        done = _stacembed("run", "--catalog", SAMPLE, "--weights", "random", "--out", read_only)
+        assert done.returncode == 0, done.stderr
+        assert "0 item(s) embedded" in done.stdout and "4 already done" in done.stdout
+    finally:
+        subprocess.run(["umount", str(read_only)], check=False)
