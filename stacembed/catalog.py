@@ -14,6 +14,7 @@ directory. Remote targets keep their URL.
 
 from __future__ import annotations
 
+import copy
 import os
 import posixpath
 import re
@@ -88,7 +89,7 @@ class Provenance:
 
     def model_input(self) -> dict[str, Any]:
         """The card's ``mlm:input`` that was used (the first), at the chip size of the run."""
-        model_input = _copy(self.card.item["properties"]["mlm:input"][0])
+        model_input = copy.deepcopy(self.card.item["properties"]["mlm:input"][0])
         shape = model_input.get("input", {}).get("shape")
         if isinstance(shape, list) and len(shape) >= 2 and list(shape[-2:]) != [self.chip_grid_size] * 2:
             shape[-2:] = [self.chip_grid_size, self.chip_grid_size]
@@ -97,7 +98,7 @@ class Provenance:
     def model_output(self) -> dict[str, Any]:
         """The card's ``mlm:output`` that was used (the first), or what was taken instead of it
         (``--pooling``, ``--layer``): its name says so, and its shape is the embeddings'."""
-        output = _copy(self.card.item["properties"]["mlm:output"][0])
+        output = copy.deepcopy(self.card.item["properties"]["mlm:output"][0])
         pooling, layer = self.parameters.get("pooling") or "default", self.parameters.get("layer")
         if pooling == "default" and layer is None:
             return output
@@ -428,7 +429,7 @@ def _rebased(item: dict[str, Any], layout: OutputLayout) -> dict[str, Any]:
         joined = posixpath.normpath(posixpath.join(item_dir, href))
         return joined if joined.startswith("../") else f"./{joined}"
 
-    data = _copy(item)
+    data = copy.deepcopy(item)
     data["collection"] = layout.collection_id
     for asset in data.get("assets", {}).values():
         asset["href"] = rebase(asset["href"])
@@ -457,33 +458,17 @@ def _typed(datatype):
 def write_model_card(layout: OutputLayout, card: ModelCard) -> None:
     """Copy the card next to the outputs, so that ``emb:model`` resolves.
 
-    Its weights href is the card's URL when the weights are remote; a local weights file inside
-    the output tree is linked relatively; otherwise the card's own declared href is kept (a
-    local path outside the tree would name this machine's directories in the catalog).
+    Its weights href is the card's URL when the weights are remote, and a local weights file is
+    linked relatively to the copy, as local sources are (``relative_href``): it resolves while
+    the output stays beside it, and names no absolute directory of this machine.
     """
     path = layout.model_card_file(card.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = card.standalone_item()
     weights = weights_asset(data)
     if weights is not None and card.weights_href:
-        href = card.weights_href
-        local = relative_href(href, path)
-        if local == href:  # remote
-            weights["href"] = redact(href)
-        elif _inside(href, layout.root):
-            weights["href"] = local
+        local = relative_href(card.weights_href, path)
+        weights["href"] = redact(local) if local == card.weights_href else local
     write_json(path, data)
 
 
-def _inside(href: str, root: Path) -> bool:
-    path = Path(url2pathname(urlparse(href).path) if href.startswith("file:") else href)
-    return Path(os.path.abspath(root)) in Path(os.path.abspath(path)).parents
-
-
-def _copy(value: Any) -> Any:
-    """A deep copy of JSON data."""
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value

@@ -31,14 +31,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pystac
 import rasterio
-import requests
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import WindowError
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from .access import redact_text
+from .access import Access, redact_text
 from .errors import ReadError
 from .grid import RASTER_ERRORS, gdal_reason
 from .layout import catalog_file
@@ -61,7 +60,7 @@ def open_embeddings(href: str | Path) -> EmbeddingCatalog:
     if Path(href).is_dir():
         href = str(catalog_file(href))
     try:
-        stac = pystac.read_file(href)
+        stac = pystac.read_file(href, stac_io=Access().stac_io(href))  # retried over http(s)
         candidates = [stac] if isinstance(stac, pystac.Item) else stac.get_items(recursive=True)
         items = tuple(EmbeddingItem.from_stac(item) for item in candidates if _embedding_hrefs(item))
     except Exception as exc:  # pystac's StacIO raises a bare Exception for HTTP errors
@@ -300,7 +299,8 @@ def _local(href: str) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="stacembed-") as tmp:
         path = str(Path(tmp) / (Path(urlparse(href).path).name or "embeddings"))
-        with requests.get(href, stream=True, timeout=DOWNLOAD_TIMEOUT) as response, open(path, "wb") as file:
+        session = Access(timeout=DOWNLOAD_TIMEOUT).session(href)  # retries, as every STAC read
+        with session.get(href, stream=True) as response, open(path, "wb") as file:
             response.raise_for_status()
             for chunk in response.iter_content(1 << 20):
                 file.write(chunk)

@@ -147,3 +147,28 @@ def test_api_requests_keep_the_timeout(cli):
         server.server_close()
     assert result.exit_code == 1 and "no answer within 1 s" in result.output, result.output
     assert elapsed < 3.5
+
+
+def test_model_cards_weights_and_embedding_catalogs_are_retried_too(tmp_path, monkeypatch):
+    """The siblings: a card by URL, a weights download and an embeddings catalog read over http."""
+    import shutil
+
+    from stacembed import RunConfig, run
+    from stacembed.embeddings import open_embeddings
+    from stacembed.models import load_card
+    from stacembed.models.registry import CARDS_DIR
+    from stacembed.models.weights import resolve_weights
+
+    served = tmp_path / "served"
+    shutil.copytree(CARDS_DIR, served / "cards")
+    run(RunConfig(out=served / "out", weights="random", formats=("geoparquet",), progress=False))
+    monkeypatch.setenv("STACEMBED_CACHE", str(tmp_path / "cache"))
+    with flaky(served, ".json", ".safetensors", ".parquet") as (url, state):
+        card = load_card(f"{url}/cards/stacembed-demo-landsat.json")
+        assert card.weights_href == f"{url}/cards/stacembed-demo-landsat.safetensors"
+        weights = resolve_weights(card)
+        assert weights.read_bytes() == (CARDS_DIR / "stacembed-demo-landsat.safetensors").read_bytes()
+        items = list(open_embeddings(f"{url}/out/catalog.json"))
+        assert len(items) == 4 and all(len(item.vectors()) for item in items)
+    failed = {path.split("?")[0].rsplit(".", 1)[-1] for path, _ in state["failed"]}
+    assert failed == {"json", "safetensors", "parquet"}  # each kind of read met a failure, and came through

@@ -93,10 +93,10 @@ class ModelCard:
 
 def load_card(href: str) -> ModelCard:
     """Read an MLM card from a local path or http(s) URL."""
-    from pystac.stac_io import StacIO
+    from ..access import Access
 
     try:
-        text = StacIO.default().read_text(href)
+        text = Access().stac_io(href).read_text(href)  # retried over http(s)
         item = json.loads(text)
     except FileNotFoundError:
         raise ModelError(f"model card {href} does not exist") from None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import urllib.request
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,6 +23,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..access import Access
 from ..errors import ModelError
 from ..layout import atomic_path, file_sha256
 from .card import ModelCard
@@ -102,6 +102,9 @@ def _other_caches(url: str) -> list[Path]:
     return found
 
 
+DOWNLOAD_TIMEOUT = 60.0  # seconds without data before a weights download attempt fails
+
+
 def _hf_hub_cache() -> Path:
     """The Hugging Face hub cache: ``HF_HUB_CACHE``, else ``$HF_HOME/hub`` (``~/.cache/huggingface/hub``)."""
     home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
@@ -112,10 +115,12 @@ def _download(url: str, out) -> str:
     from tqdm import tqdm
 
     digest = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=60) as response:
+    # The session every download goes through: retries with backoff, a timeout per request.
+    with Access(timeout=DOWNLOAD_TIMEOUT).session(url).get(url, stream=True) as response:
+        response.raise_for_status()
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=Path(url).name, leave=False) as bar:
-            while chunk := response.read(1 << 20):
+            for chunk in response.iter_content(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
                 bar.update(len(chunk))
