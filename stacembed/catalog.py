@@ -15,6 +15,7 @@ directory. Remote targets keep their URL.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import posixpath
 import re
@@ -302,17 +303,42 @@ def write_collection(
     provenance: Provenance,
     source_href: str | None,
     description: str,
+    properties: dict[str, Any] | None = None,
 ) -> Path:
     """Write one output collection and its stac-geoparquet mirror (which carries the
-    collection in its metadata); its items exist already."""
+    collection in its metadata); its items exist already. ``properties`` are added to the
+    collection (e.g. the quicklook basis, ``stacembed:quicklook``)."""
     collection = _collection(layout, items, provenance, source_href, description)
+    collection.update(properties or {})
     for item in sorted(items, key=lambda d: d["id"]):
         collection["links"].append({"rel": "item", "href": layout.item_href(item["id"]),
                                     "type": "application/geo+json", "title": item["id"]})
-    collection["assets"]["geoparquet-items"] = {
+    collection["assets"] = {**_assets_added_later(layout), "geoparquet-items": {
         "href": f"./{layout.items_parquet.name}", "type": MEDIA_TYPES["geoparquet"], "roles": ["collection-mirror"],
         "title": "The collection's items as stac-geoparquet",
-    }
+    }}
+    _write_items_parquet(layout, items, collection)
+    write_json(layout.collection_file, collection)
+    return layout.collection_file
+
+
+def _assets_added_later(layout: OutputLayout) -> dict[str, Any]:
+    """Assets that commands other than ``run`` gave the collection (``stacembed index``): a rerun
+    keeps them (an index that no longer matches the items is noticed and not used)."""
+    try:
+        assets = json.loads(layout.collection_file.read_text()).get("assets", {})
+    except (OSError, ValueError):
+        return {}
+    return {key: asset for key, asset in assets.items() if "index" in asset.get("roles", ())}
+
+
+def update_collection(layout: OutputLayout, items: list[dict[str, Any]], properties: dict[str, Any]) -> Path:
+    """Bring a written output collection up to date after its items' assets changed outside a
+    run (``stacembed quicklook``): ``properties`` merged in, ``item_assets`` declaring the
+    items' other assets, and the items mirror rewritten. Writes nothing when nothing changed."""
+    collection = json.loads(layout.collection_file.read_text())
+    collection.update(properties)
+    collection["item_assets"] = {**collection.get("item_assets", {}), **_other_item_assets(items)}
     _write_items_parquet(layout, items, collection)
     write_json(layout.collection_file, collection)
     return layout.collection_file
@@ -357,6 +383,7 @@ def _collection(layout: OutputLayout, items, provenance: Provenance, source_href
                                   "title": _asset_title(fmt, embedding.dense)}
         for fmt in formats
     }
+    item_assets.update(_other_item_assets(items))
     mlm = next((url for url in card.item.get("stac_extensions", []) if "/mlm/" in url), MLM)
     collection: dict[str, Any] = {
         "type": "Collection",
@@ -388,8 +415,23 @@ def _formats_of(items: list[dict[str, Any]]) -> list[str]:
     """The formats of the items' embeddings assets, the ``embeddings`` asset's first."""
     by_type = {media_type: fmt for fmt, media_type in MEDIA_TYPES.items()}
     assets = items[0].get("assets", {}) if items else {}
-    keys = sorted(assets, key=lambda key: key != "embeddings")
+    keys = sorted((key for key in assets if _is_embeddings_key(key)), key=lambda key: key != "embeddings")
     return [by_type[assets[key]["type"]] for key in keys if assets[key].get("type") in by_type]
+
+
+def _is_embeddings_key(key: str) -> bool:
+    return key == "embeddings" or key.startswith("embeddings-")
+
+
+def _other_item_assets(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``item_assets`` entries for the items' assets other than the embeddings (the quicklooks
+    ``thumbnail`` and ``overview``): type, roles and title, as the first item holding each has them."""
+    declared: dict[str, dict[str, Any]] = {}
+    for item in sorted(items, key=lambda d: d["id"]):
+        for key, asset in item.get("assets", {}).items():
+            if key not in declared and not _is_embeddings_key(key):
+                declared[key] = {field: asset[field] for field in ("type", "roles", "title") if field in asset}
+    return dict(sorted(declared.items()))
 
 
 def _times(item: dict[str, Any]) -> list[str]:

@@ -426,3 +426,184 @@ def validate_command(paths: tuple[str, ...], strict: bool) -> None:
     if invalid:
         sys.exit(1)
     click.echo(f"{checked} STAC document{'s' if checked != 1 else ''} valid")
+
+
+@main.command("quicklook")
+@click.argument("catalog", type=click.Path(exists=True))
+@click.option("--refit", is_flag=True,
+              help="Fit the PCA basis anew over every item (default: keep the one the collection stores).")
+@click.option("--sample", type=int,
+              help="Vectors in the PCA sample (default 20000); a value other than the stored one refits.")
+@click.option("--seed", type=int, help="Seed of the PCA sample (default 0); a value other than the stored one refits.")
+@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+@click.pass_context
+def quicklook_command(ctx: click.Context, catalog: str, refit: bool, sample: int | None, seed: int | None,
+                      verbose: int) -> None:
+    """Draw PCA -> RGB quicklooks (PNG thumbnail, RGBA COG overview) of a catalog written before.
+
+    CATALOG is a `stacembed run` output directory, its catalog.json or one collection.json.
+    `stacembed run` draws them itself; this adds them to older catalogs, or redraws them.
+    """
+    ctx.meta["stacembed.verbose"] = verbose > 0
+    _setup_logging(verbose, False)
+    from .analysis.quicklook import write_quicklooks
+
+    for result in write_quicklooks(catalog, refit=refit, sample=sample, seed=seed):
+        skipped = f", {len(result.skipped)} without a chip" if result.skipped else ""
+        click.echo(f"{result.collection_id}: quicklooks of {len(result.written)} item(s) drawn, "
+                   f"{len(result.unchanged)} up to date{skipped}")
+
+
+@main.command("cluster")
+@click.argument("catalog")
+@click.option("--k", "k", type=int, help="Number of clusters, 1-255 (not needed with --apply).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory (may be the embeddings' own --out): a collection of class maps is added to it.")
+@click.option("--seed", type=int, default=0, show_default=True, help="k-means seed: the same seed, the same clusters.")
+@click.option("--apply", "apply_href", metavar="CENTROIDS",
+              help="Label with the centroids of an earlier `stacembed cluster` instead of fitting: its "
+                   "centroids.parquet, collection.json or --out directory.")
+@click.option("--batch-rows", type=int, default=4096, show_default=True, help="Vectors read and fitted at a time.")
+@click.option("--output-collection", help="Id of the output collection (default: clusters-k<K>).")
+@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
+@click.pass_context
+def cluster_command(ctx: click.Context, catalog: str, k: int | None, out: str, seed: int, apply_href: str | None,
+                    batch_rows: int, output_collection: str | None, verbose: int, quiet: bool) -> None:
+    """Cluster the chip embeddings of CATALOG (k-means, streamed) into class maps published as STAC.
+
+    CATALOG is a `stacembed run` output directory, its catalog.json, a collection.json or an item.
+    Per embedding item: a uint8 class map COG on its chip grid (with a colour table) and the
+    cluster of every chip as GeoParquet; the collection stores the centroids for --apply.
+    """
+    ctx.meta["stacembed.verbose"] = verbose > 0
+    _setup_logging(verbose, quiet)
+    from .analysis.cluster import cluster_catalog
+
+    result = cluster_catalog(catalog, out=out, k=k, seed=seed, centroids=apply_href, batch_rows=batch_rows,
+                             output_collection=output_collection, progress=not quiet)
+    if not quiet:
+        click.echo(f"{result.chips} chips of {len(result.items)} item(s) in {result.centroids.k} clusters; "
+                   f"centroids: {result.centroids_file}; catalog: {result.catalog}")
+
+
+@main.command("change")
+@click.argument("catalog")
+@click.option("--before", required=True,
+              help="The earlier items: item ids (comma-separated), or a datetime or interval (2024-06, 2024-06-01/..).")
+@click.option("--after", required=True, help="The later items, as --before.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory (may be the embeddings' own --out): a collection of change maps is added to it.")
+@click.option("--output-collection", help="Id of the output collection (default: change).")
+@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
+@click.pass_context
+def change_command(ctx: click.Context, catalog: str, before: str, after: str, out: str, output_collection: str | None,
+                   verbose: int, quiet: bool) -> None:
+    """Map the change between two dates' embeddings of the same places (cosine distance per chip).
+
+    Items of --before and --after are paired by chip grid (same CRS, transform and shape); each
+    pair gives a float32 COG of 1 - cos(before, after) per chip, NaN where either has no chip.
+    """
+    ctx.meta["stacembed.verbose"] = verbose > 0
+    _setup_logging(verbose, quiet)
+    from .analysis.change import change_catalog
+
+    result = change_catalog(catalog, before=before, after=after, out=out, output_collection=output_collection,
+                            progress=not quiet)
+    if not quiet:
+        click.echo(f"{len(result.items)} change map(s): {', '.join(result.items)}; catalog: {result.catalog}")
+
+
+@main.command("similar")
+@click.argument("catalog")
+@click.option("--point", "points", multiple=True, metavar="LON,LAT",
+              help="Query: the chip under this point (repeatable; every positive is averaged).")
+@click.option("--chip", "chips", multiple=True, metavar="ITEM:ROW:COL",
+              help="Query: the chip at chip_row ROW, chip_col COL of embedding item ITEM (repeatable).")
+@click.option("--geometry", "geometries", multiple=True, metavar="GEOJSON",
+              help="Query: the mean of the chips a GeoJSON geometry covers, a file or inline JSON (repeatable).")
+@click.option("--negative", "negatives", multiple=True, metavar="QUERY",
+              help="Subtracted from the query: LON,LAT, ITEM:ROW:COL or GeoJSON (repeatable).")
+@click.option("--k", "k", type=int, default=10, show_default=True, help="Number of chips to return.")
+@click.option("--bbox", metavar="W,S,E,N", help="Search only chips whose footprint meets this lon/lat box.")
+@click.option("--datetime", "datetime_", metavar="DATETIME",
+              help="Search only chips whose datetime is in this RFC 3339 instant or interval (2024-06, 2024/..).")
+@click.option("--collection", "collections", multiple=True,
+              help="Search (and take query chips) only in these embedding collections (repeatable or comma-separated).")
+@click.option("--exact", is_flag=True, help="Score every chip, even where a collection has an index.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write the results as GeoParquet (.parquet), GeoJSON (.geojson) or CSV (.csv) instead of a table.")
+@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+@click.pass_context
+def similar_command(ctx: click.Context, catalog: str, points: tuple[str, ...], chips: tuple[str, ...],
+                    geometries: tuple[str, ...], negatives: tuple[str, ...], k: int, bbox: str | None,
+                    datetime_: str | None, collections: tuple[str, ...], exact: bool, output: str | None,
+                    verbose: int) -> None:
+    """The --k chips of CATALOG most similar (cosine) to a query, best first.
+
+    CATALOG is an embeddings catalog stacembed wrote (directory, catalog.json, collection.json or
+    item; local or http(s)). The query is the mean of its positives (--point, --chip, --geometry)
+    minus the mean of its --negative ones. A collection with an index (`stacembed index`) is
+    searched there, others (and stale indexes) chip by chip.
+    """
+    ctx.meta["stacembed.verbose"] = verbose > 0
+    _setup_logging(verbose, False)
+    from .analysis.similar import Query, format_table, output_format, search_metadata, similar, write_results
+
+    if output:
+        output_format(output)  # an unknown suffix fails before the search
+    query = Query.combine(positive=[*(Query.parse(p, "point") for p in points),
+                                    *(Query.parse(c, "chip") for c in chips),
+                                    *(Query.from_geometry(g) for g in geometries)],
+                          negative=negatives)
+    names = tuple(name.strip() for value in collections for name in value.split(",") if name.strip())
+    table = similar(catalog, query, k, bbox=bbox, datetime=datetime_, collections=names, exact=exact)
+    info = search_metadata(table)
+    methods = ", ".join(f"{name}: {how}" for name, how in info["search"].items())
+    negative = f" minus {', '.join(info['negative'])}" if info["negative"] else ""
+    shown = info["positive"][:3] + ([f"... ({len(info['positive'])} chips)"] if len(info["positive"]) > 3 else [])
+    click.echo(f"query {', '.join(shown) or query.describe()}{negative}; {info['chips_searched']} chips searched "
+               f"({methods})", err=True)
+    if output:
+        write_results(table, output)
+        click.echo(f"wrote {table.num_rows} chips to {output}", err=True)
+    else:
+        click.echo(format_table(table))
+
+
+@main.command("index")
+@click.argument("catalog")
+@click.option("--collection", "collections", multiple=True,
+              help="Index only these embedding collections (repeatable, or comma-separated).")
+@click.option("--force", is_flag=True, help="Rebuild even an index that is up to date.")
+@click.option("--check", is_flag=True, help="Then measure the recall@k of the index against exact search.")
+@click.option("--queries", type=int, default=100, show_default=True, help="Chips drawn at random as --check queries.")
+@click.option("--k", "k", type=int, default=10, show_default=True, help="The k of --check's recall@k.")
+@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+@click.pass_context
+def index_command(ctx: click.Context, catalog: str, collections: tuple[str, ...], force: bool, check: bool,
+                  queries: int, k: int, verbose: int) -> None:
+    """Build the nearest-neighbour index (FAISS HNSW) of each chip-embeddings collection of CATALOG.
+
+    Written next to each collection.json (index-*.faiss and its chips, index-*.parquet) and
+    registered as collection assets; `stacembed similar` then searches it. An index whose items
+    changed is stale: `similar` scans instead, and this rebuilds it.
+    """
+    ctx.meta["stacembed.verbose"] = verbose > 0
+    _setup_logging(verbose, False)
+    from .analysis.index import build_index, check_index
+    from .errors import ConfigError
+
+    if queries < 1 or k < 1:
+        raise ConfigError("--queries and --k must be positive")
+    names = tuple(name.strip() for value in collections for name in value.split(",") if name.strip())
+    for report in build_index(catalog, collections=names, force=force):
+        if report.built:
+            click.echo(f"{report.collection}: indexed {report.chips} chips in {report.seconds:.1f} s -> "
+                       f"{report.index} ({_human_size(report.size)})")
+        else:
+            click.echo(f"{report.collection}: index up to date ({report.chips} chips, {report.index})")
+    if check:
+        for name, recall in check_index(catalog, queries=queries, k=k, collections=names).items():
+            click.echo(f"{name}: recall@{k} {recall:.3f} against exact search ({queries} queries at most)")

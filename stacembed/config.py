@@ -111,6 +111,8 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.out, str):  # RunConfig(out="out") from Python, as from_mapping converts it
+            object.__setattr__(self, "out", Path(self.out))
         sources = [f"--{name}" for name in ("api", "catalog", "items") if getattr(self, name)]
         if len(sources) > 1:
             raise ConfigError(f"give only one of --api, --catalog, --items (got {', '.join(sources)})")

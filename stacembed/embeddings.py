@@ -144,7 +144,7 @@ class EmbeddingItem:
         import geopandas
 
         href = self._href("geoparquet")
-        with _reading(href), _local(href) as path:
+        with read_errors(href), local_copy(href) as path:
             return geopandas.read_parquet(path, columns=_including(columns, "geometry"))
 
     def vectors(self) -> np.ndarray:
@@ -160,7 +160,7 @@ class EmbeddingItem:
         this is how catalogs larger than memory are scanned. ``embedding`` is always read.
         """
         href = self._href("geoparquet")
-        with _reading(href), _local(href) as path:
+        with read_errors(href), local_copy(href) as path:
             reader = pq.ParquetFile(path)
             for batch in reader.iter_batches(batch_size=batch_rows, columns=_including(columns, "embedding")):
                 yield batch, _vectors(batch)
@@ -174,7 +174,7 @@ class EmbeddingItem:
         only the tiles there, so a large raster need not be read whole.
         """
         href = self._href("geotiff")
-        with _reading(href), rasterio.open(href) as ds:
+        with read_errors(href), rasterio.open(href) as ds:
             window = _window(ds, window, bbox, self.id)
             return _raster_values(ds, window), ds.window_transform(window), ds.crs
 
@@ -210,7 +210,7 @@ def read_geoparquet(href: str | Path) -> tuple[pa.Table, np.ndarray]:
 
 def read_geotiff(href: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """``((D, height, width) float32, rasterio profile)`` of one GeoTIFF; NaN where no chip."""
-    with _reading(str(href)), rasterio.open(href) as ds:
+    with read_errors(str(href)), rasterio.open(href) as ds:
         return _raster_values(ds, Window(0, 0, ds.width, ds.height)), ds.profile
 
 
@@ -234,7 +234,7 @@ def _format(asset: pystac.Asset) -> str | None:
 
 
 def _read_table(href: str, columns: Sequence[str] | None = None) -> pa.Table:
-    with _reading(href), _local(href) as path:
+    with read_errors(href), local_copy(href) as path:
         return pq.read_table(path, columns=columns)
 
 
@@ -282,19 +282,19 @@ def _including(columns: Sequence[str] | None, name: str) -> list[str] | None:
     return list(columns) if name in columns else [*columns, name]
 
 
-def _is_url(href: str) -> bool:
+def is_url(href: str) -> bool:
     return urlparse(href).scheme in ("http", "https")
 
 
 @contextmanager
-def _local(href: str) -> Iterator[str]:
+def local_copy(href: str) -> Iterator[str]:
     """A local path of ``href``, downloaded into a temporary directory while in use when remote.
 
     pyarrow reads no http(s) by itself, and fsspec's http needs aiohttp, which stacembed does not
     depend on. An item's file is one item's chips (megabytes), so a copy streamed to disk keeps
     memory bounded; the COGs, which can be large, are read in place by GDAL over ``/vsicurl/``.
     """
-    if not _is_url(href):
+    if not is_url(href):
         yield href
         return
     with tempfile.TemporaryDirectory(prefix="stacembed-") as tmp:
@@ -308,7 +308,7 @@ def _local(href: str) -> Iterator[str]:
 
 
 @contextmanager
-def _reading(href: str) -> Iterator[None]:
+def read_errors(href: str) -> Iterator[None]:
     """Turn I/O and format failures into a one-line ``ReadError`` naming the file."""
     try:
         yield

@@ -286,7 +286,7 @@ class OutputLayout:
             raise OutputError(f"cannot create output directory {self.collection_dir}: {exc.strerror}") from None
         model_dir = self.model_card_file("model").parent
         for directory in (self.root, self.collection_dir, model_dir, *self.collection_dir.glob(".parts-*")):
-            _remove_stale_temporaries(directory)
+            remove_stale_temporaries(directory)
         return created
 
     @staticmethod
@@ -409,7 +409,7 @@ def exclusive(root: Path) -> Iterator[None]:
             OutputLayout.remove_if_empty([root])
 
 
-def _remove_stale_temporaries(directory: Path) -> None:
+def remove_stale_temporaries(directory: Path) -> None:
     """Remove the temporaries of processes that died while writing into ``directory``."""
     try:
         entries = list(directory.iterdir())

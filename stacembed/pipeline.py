@@ -24,6 +24,7 @@ import pystac
 import rasterio
 
 from .access import redact
+from .analysis.quicklook import update_quicklooks
 from .catalog import canonical_href, write_collection, write_model_card, write_root_catalog
 from .config import RunConfig
 from .embed import Embedder
@@ -127,8 +128,13 @@ def _embed(run: Run, executor: Executor, embedder: Embedder | None) -> RunSummar
 
 
 def finish_catalog(run: Run) -> Path:
-    """Write each output collection (model card copy, collection, items mirror) from its finished
-    items, then the root catalog over every collection in ``--out`` (last)."""
+    """Write each output collection (model card copy, quicklooks of its items, collection, items
+    mirror) from its finished items, then the root catalog over every collection in ``--out`` (last).
+
+    The quicklooks (``analysis.quicklook``) come after the items are finished and before the
+    collection, which stores their PCA basis: each item's PNG and COG are written whole before
+    its item JSON names them, and items whose quicklooks are up to date are left alone.
+    """
     inputs = run.inputs
     for collection_id, layout in run.layouts.items():
         items = list(layout.finished_items())
@@ -136,10 +142,12 @@ def finish_catalog(run: Run) -> Path:
             continue
         first = next(s for s in inputs.series if inputs.output_collection(s) == collection_id)
         write_model_card(layout, inputs.card)
+        quicklooks = update_quicklooks(layout, items)
         write_collection(
-            layout, items, provenance=run.provenance, source_href=_source_href(inputs, first),
+            layout, quicklooks.items, provenance=run.provenance, source_href=_source_href(inputs, first),
             description=f"Embeddings of {first.items[0].collection_id or 'STAC items'} "
                         f"made with model {inputs.card.name} by stacembed.",
+            properties=quicklooks.collection_properties(),
         )
     return write_root_catalog(run.config.out)
 

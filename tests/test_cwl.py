@@ -200,8 +200,9 @@ def check_results(results: Path) -> dict[str, list[pystac.Item]]:
                     table = pq.read_table(path)
                     assert table.num_rows > 0 and "embedding" in table.column_names
                 else:
-                    with rasterio.open(path) as ds:
-                        assert ds.count == collection.extra_fields["emb:dimensions"]
+                    with rasterio.open(path) as ds:  # embeddings: a band per dimension; quicklooks: RGBA
+                        bands = 4 if key in ("thumbnail", "overview") else collection.extra_fields["emb:dimensions"]
+                        assert ds.count == bands
     return found
 
 
@@ -299,7 +300,7 @@ def test_package_on_the_sample_catalog(sample_results):
     found = check_results(sample_results)
     assert item_ids(found) == {"landsat-etm-sample-stacembed-demo-landsat": SAMPLE_IDS}
     item = found["landsat-etm-sample-stacembed-demo-landsat"][0]
-    assert set(item.assets) == {"embeddings", "embeddings-geotiff"}
+    assert set(item.assets) == {"embeddings", "embeddings-geotiff", "thumbnail", "overview"}
     params = item.properties["emb:runtime_parameters"]
     assert params["mlm:name"] == "stacembed-demo-landsat" and params["chip_size"] == 64
 
@@ -322,7 +323,7 @@ def test_package_on_a_stage_in_catalog_with_a_model_directory(tmp_path):
     found = check_results(Path(output["results"]["path"]))
     assert item_ids(found) == {"sentinel-x-model-dir-card": ["scene-a", "scene-b"]}
     for item in found["sentinel-x-model-dir-card"]:
-        assert set(item.assets) == {"embeddings"}
+        assert set(item.assets) == {"embeddings", "thumbnail", "overview"}
         params = item.properties["emb:runtime_parameters"]
         assert params["mlm:name"] == "model-dir-card" and params["chip_size"] == 32
         assert pq.read_table(item.assets["embeddings"].get_absolute_href()).num_rows == 2 * 3

@@ -234,7 +234,7 @@ def test_native_geometry_bbox_covers_every_chip(sample_out):
     overhanging = 0
     for path in collection_dir(sample_out).glob("L7-*/L7-*.parquet"):
         table = pq.read_table(path, columns=["geometry", "native_geometry"])
-        geo = json.loads(pq.read_schema(path).metadata[b"geo"])
+        geo = json.loads(pq.ParquetFile(path).metadata.metadata[b"geo"])  # the file's footer, as the spec says
         for column in ("geometry", "native_geometry"):
             bounds = shapely.bounds(shapely.from_wkb(table.column(column).to_pylist()))
             xmin, ymin, xmax, ymax = geo["columns"][column]["bbox"]
@@ -391,3 +391,23 @@ def test_models_export_says_when_the_weights_are_not_written(tmp_path, monkeypat
     assert [p.name for p in (tmp_path / "m").iterdir()] == ["model.json"]
     warnings = [line for line in result.output.splitlines() if "weights" in line]
     assert len(warnings) == 1 and "not written" in warnings[0] and "huggingface.co" in warnings[0]
+
+
+def test_no_reader_sees_a_bbox_that_misses_chips_of_a_file_with_several_row_groups(tmp_path):
+    """The ``geo`` metadata pyarrow/geopandas read from the schema must not hold the first row
+    group's bbox: either no bbox or the footer's, which covers every chip."""
+    from conftest import make_catalog, make_item
+
+    from stacembed import RunConfig, run
+
+    item = make_item(tmp_path / "src", "big", dialect="1.1", origin=(500000.0, 9100000.0), shape=(410, 410), seed=1)
+    catalog = make_catalog(tmp_path / "src", [item])
+    run(RunConfig(out=tmp_path / "out", catalog=str(catalog), weights="random", chip_size=8,
+                  formats=("geoparquet",), progress=False))
+    path = next((tmp_path / "out").glob("*/big/big.parquet"))
+    assert pq.ParquetFile(path).num_row_groups > 1
+    actual = gpd.read_parquet(path).total_bounds
+    footer = json.loads(pq.ParquetFile(path).metadata.metadata[b"geo"])["columns"]["geometry"]["bbox"]
+    assert footer[0] <= actual[0] and footer[1] <= actual[1] and footer[2] >= actual[2] and footer[3] >= actual[3]
+    schema_geo = json.loads(pq.read_schema(path).metadata[b"geo"])["columns"]["geometry"]
+    assert "bbox" not in schema_geo or schema_geo["bbox"] == footer

@@ -115,7 +115,7 @@ class CogWriter:
             source = self._quantized(quantization)
             properties["emb:quantization"] = quantization.to_stac(self.embedding.quantization)
         gdal_log = logging.getLogger("rasterio._env")
-        gdal_log.addFilter(_small_blocksize)
+        gdal_log.addFilter(quiet_small_blocksize)
         try:
             with atomic_path(self.path) as tmp:
                 rasterio.shutil.copy(
@@ -128,7 +128,7 @@ class CogWriter:
                     num_threads="ALL_CPUS",
                 )
         finally:
-            gdal_log.removeFilter(_small_blocksize)
+            gdal_log.removeFilter(quiet_small_blocksize)
         for scratch in {self.scratch, source}:
             os.unlink(scratch)
         return properties
@@ -179,7 +179,7 @@ def _nothing(record: logging.LogRecord) -> bool:
     return False
 
 
-def _small_blocksize(record: logging.LogRecord) -> bool:
+def quiet_small_blocksize(record: logging.LogRecord) -> bool:
     """Drop GDAL's advice that COG tiles be >= 128 px: it honours smaller ones, which suit
     embedding grids of a few dozen pixels (see ``_block``)."""
     return "BLOCKSIZE" not in record.getMessage()

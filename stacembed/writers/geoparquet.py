@@ -88,9 +88,12 @@ class GeoParquetWriter:
         self.pending, self.pending_rows = [], 0
 
     def _open(self, schema: pa.Schema) -> pq.ParquetWriter:
-        # The schema carries the ``geo`` metadata known up front (CRS, encoding, covering);
-        # ``close`` adds the final version with the bounding boxes to the file footer.
-        schema = schema.with_metadata({"geo": json.dumps(self._geo_metadata())})
+        # The schema (which pyarrow and geopandas read back from the file's ARROW:schema) carries
+        # the ``geo`` metadata known up front (CRS, encoding, covering) and no bbox: the boxes are
+        # known only when the last row group is written, and ``close`` puts the final version with
+        # them in the footer. A bbox here would cover the first row group only, and readers that
+        # skip by it would miss chips.
+        schema = schema.with_metadata({"geo": json.dumps(self._geo_metadata(with_bbox=False))})
         return parquet_writer(self.path, schema)
 
     def close(self) -> dict[str, Any]:
@@ -160,7 +163,7 @@ class GeoParquetWriter:
         dense = shapely.segmentize(polygons, min_length) if len(polygons) else polygons
         return shapely.transform(dense, lambda xy: np.column_stack(self.to_wgs84.transform(xy[:, 0], xy[:, 1])))
 
-    def _geo_metadata(self) -> dict[str, Any]:
+    def _geo_metadata(self, with_bbox: bool = True) -> dict[str, Any]:
         """The GeoParquet ``geo`` metadata; each column's ``bbox`` covers every footprint written
         (none before the first chip, and none in a file without rows)."""
         geometry = {
@@ -171,7 +174,7 @@ class GeoParquetWriter:
         }
         native = {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": self.native_crs.to_json_dict()}
         for column, extent in ((geometry, self.extent), (native, self.native_extent)):
-            if np.isfinite(extent).all():
+            if with_bbox and np.isfinite(extent).all():
                 column["bbox"] = [float(v) for v in extent]
         return {
             "version": GEOPARQUET_VERSION,
