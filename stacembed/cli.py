@@ -607,3 +607,25 @@ def index_command(ctx: click.Context, catalog: str, collections: tuple[str, ...]
     if check:
         for name, recall in check_index(catalog, queries=queries, k=k, collections=names).items():
             click.echo(f"{name}: recall@{k} {recall:.3f} against exact search ({queries} queries at most)")
+
+
+@main.command("explore")
+@click.argument("catalog")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Port to listen on; 0: any free port.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; the server has no authentication, so keep it on loopback.")
+@click.option("--no-browser", is_flag=True, help="Do not open the page in a web browser.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv: every request); -v also shows tracebacks.")
+@click.pass_context
+def explore_command(ctx: click.Context, catalog: str, port: int, host: str, no_browser: bool, verbose: int) -> None:
+    """Serve a map page of CATALOG's embeddings on a local web server, and open it (works offline).
+
+    Each item's quicklook is drawn at its bbox; a click on the map lists and outlines the chips
+    most like the one under the point (`stacembed similar --point`). Ctrl-C stops.
+    """
+    ctx.meta["stacembed.verbose"] = verbose > 0
+    _setup_logging(verbose, False)
+    from .web.server import serve
+
+    serve(catalog, host, port, open_browser=not no_browser, echo=lambda text: click.echo(text, err=True))

@@ -7,6 +7,9 @@
   and merged. The staged-out catalog is checked after cwltool moved it: catalog.json, relative asset
   hrefs that resolve, readable GeoParquet and COG, valid STAC, and nothing else (no caches).
 - The standalone tools: models list/describe, and publish then search against pgstac.
+- The analysis tools on the package's output for the sample: similar (a GeoParquet of the k best
+  chips), cluster and change (the embeddings catalog with a collection of class or change maps
+  added, valid STAC, its derived_from links resolving inside it).
 - In the image with podman (``-k podman``; they run when ``STACEMBED_CONTAINER_TESTS=1``, after
   ``scripts/build-image.sh``): the image's default job, and the package under ``cwltool --podman``.
 """
@@ -231,6 +234,7 @@ def test_there_is_a_package_and_a_tool_per_command():
     assert {p.name for p in DOCUMENTS} == {
         "stacembed.cwl", "stacembed-search.cwl", "stacembed-publish.cwl",
         "stacembed-models-list.cwl", "stacembed-models-describe.cwl",
+        "stacembed-similar.cwl", "stacembed-cluster.cwl", "stacembed-change.cwl",
     }
 
 
@@ -481,3 +485,102 @@ def test_run_package_script_podman(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     results = Path(result.stdout.strip().splitlines()[-1])
     assert item_ids(check_results(results)) == {"landsat-etm-sample-stacembed-demo-landsat": SAMPLE_IDS}
+
+
+# --- the analysis tools, on the package's output --------------------------------------------------------
+
+def derived_collection(results: Path, collection_id: str, embeddings: Path) -> list[dict[str, Any]]:
+    """The items of the collection an analysis tool added to a copy of ``embeddings``, checked:
+    the copy holds the embeddings' collections and the new one (and nothing else), every STAC
+    document validates (stacembed.validate), and derived_from links resolve inside the copy."""
+    from stacembed.validate import validate_paths
+
+    before = {p.name for p in embeddings.iterdir()}
+    assert collection_id not in before, "the input catalog was written to"
+    assert {p.name for p in results.iterdir()} == before | {collection_id}
+    catalog = json.loads((results / "catalog.json").read_text())
+    children = sorted(link["href"] for link in catalog["links"] if link["rel"] == "child")
+    assert f"./{collection_id}/collection.json" in children and len(children) == len(before)
+    reports = list(validate_paths([results]))
+    assert len(reports) > 1 and not [r.line() for r in reports if r.line()]
+    items = []
+    for path in sorted((results / collection_id).glob("*/*.json")):
+        document = json.loads(path.read_text())
+        for link in document["links"]:
+            if link["rel"] == "derived_from":
+                target = (path.parent / link["href"]).resolve()
+                assert target.is_file() and target.is_relative_to(results.resolve()), link["href"]
+        items.append(document)
+    return items
+
+
+def embeddings_grid(results: Path, item_id: str) -> tuple[Any, Any, tuple[int, int]]:
+    """CRS, transform and shape of the sample item's embeddings COG (its chip grid)."""
+    with rasterio.open(results / "landsat-etm-sample-stacembed-demo-landsat" / item_id / f"{item_id}.tif") as ds:
+        return ds.crs, ds.transform, ds.shape
+
+
+def test_similar_tool_on_the_sample_results(sample_results, tmp_path):
+    """A query chip's own vector comes first, with similarity 1; the k best, best first, as GeoParquet."""
+    job = write_job(tmp_path / "job.yml", {"embeddings": directory(sample_results),
+                                            "chip": ["L7-olinda-r0c1:1:2"], "k": 5})
+    output = cwltool(CWL / "stacembed-similar.cwl", job, cwd=tmp_path)
+    path = Path(output["results"]["path"])
+    assert path.name == "results.geoparquet"
+    table = pq.read_table(path)
+    assert b"geo" in table.schema.metadata
+    rows = table.to_pylist()
+    assert [row["rank"] for row in rows] == [1, 2, 3, 4, 5]
+    first = rows[0]
+    assert (first["item"], first["chip_row"], first["chip_col"]) == ("L7-olinda-r0c1", 1, 2)
+    assert first["similarity"] == pytest.approx(1.0, abs=1e-5)
+    scores = [row["similarity"] for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert {row["collection"] for row in rows} == {"landsat-etm-sample-stacembed-demo-landsat"}
+
+
+def test_cluster_tool_on_the_sample_results(sample_results, tmp_path):
+    """k-means class maps added to a copy of the embeddings catalog; then the same clusters
+    applied from that output (centroids_dir) give the same class maps."""
+    import numpy as np
+
+    job = write_job(tmp_path / "job.yml", {"embeddings": directory(sample_results), "k": 3, "seed": 1})
+    results = Path(cwltool(CWL / "stacembed-cluster.cwl", job, cwd=tmp_path / "fit")["results"]["path"])
+    items = derived_collection(results, "clusters-k3", sample_results)
+    assert sorted(item["id"] for item in items) == SAMPLE_IDS
+    maps = {}
+    for item in items:
+        assert set(item["assets"]) == {"classes", "labels"}
+        with rasterio.open(results / "clusters-k3" / item["id"] / item["assets"]["classes"]["href"]) as ds:
+            assert (ds.count, ds.dtypes[0], ds.nodata) == (1, "uint8", 255)
+            assert (ds.crs, ds.transform, ds.shape) == embeddings_grid(results, item["id"])
+            assert ds.colormap(1)[0][3] == 255
+            maps[item["id"]] = ds.read(1)
+        assert set(np.unique(maps[item["id"]])) <= {0, 1, 2}
+    assert len(set(np.unique(np.concatenate([m.ravel() for m in maps.values()])))) == 3
+    assert (results / "clusters-k3" / "centroids.parquet").is_file()
+
+    job = write_job(tmp_path / "apply.yml", {"embeddings": directory(sample_results),
+                                              "centroids_dir": directory(results), "output_collection": "applied"})
+    applied = Path(cwltool(CWL / "stacembed-cluster.cwl", job, cwd=tmp_path / "apply")["results"]["path"])
+    for item in derived_collection(applied, "applied", sample_results):
+        with rasterio.open(applied / "applied" / item["id"] / item["assets"]["classes"]["href"]) as ds:
+            assert np.array_equal(ds.read(1), maps[item["id"]])
+
+
+def test_change_tool_with_one_item_before_and_after(sample_results, tmp_path):
+    """An item compared with itself: one change map on its chip grid, all zeros."""
+    import numpy as np
+
+    item_id = SAMPLE_IDS[2]
+    job = write_job(tmp_path / "job.yml", {"embeddings": directory(sample_results),
+                                            "before": item_id, "after": item_id})
+    results = Path(cwltool(CWL / "stacembed-change.cwl", job, cwd=tmp_path)["results"]["path"])
+    (item,) = derived_collection(results, "change", sample_results)
+    assert item["id"] == f"{item_id}--{item_id}"
+    assert item["properties"]["stacembed:change"]["before"] == item["properties"]["stacembed:change"]["after"]
+    with rasterio.open(results / "change" / item["id"] / item["assets"]["change"]["href"]) as ds:
+        assert (ds.count, ds.dtypes[0]) == (1, "float32")
+        assert (ds.crs, ds.transform, ds.shape) == embeddings_grid(results, item_id)
+        distances = ds.read(1)
+    assert distances.size and np.all(distances == 0)

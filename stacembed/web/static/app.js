@@ -1,0 +1,108 @@
+// stacembed explore: quicklook overlays, click -> similar chips (see stacembed/web/server.py).
+"use strict";
+(function () {
+  const map = L.map("map", { zoomControl: true, attributionControl: false }).setView([0, 0], 2);
+  const quicklooks = L.layerGroup().addTo(map);
+  const outlines = L.layerGroup().addTo(map);
+  const results = L.layerGroup().addTo(map);
+  L.control.layers(null, { "Quicklooks": quicklooks, "Item outlines": outlines, "Similar chips": results },
+                   { collapsed: false }).addTo(map);
+  const statusEl = document.getElementById("status");
+  const list = document.getElementById("results");
+  const kInput = document.getElementById("k");
+  const state = { map: map, items: [], overlays: [], result: null, ready: null };
+  window.stacembedExplore = state;
+
+  function setStatus(text, error) {
+    statusEl.textContent = text;
+    statusEl.classList.toggle("error", Boolean(error));
+  }
+
+  async function getJSON(url) {
+    const response = await fetch(url);
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.error || response.statusText);
+    return body;
+  }
+
+  async function loadItems() {
+    const collection = await getJSON("/api/items");
+    state.items = collection.features;
+    let bounds = null;
+    for (const feature of collection.features) {
+      const [w, s, e, n] = feature.properties.bbox;
+      const box = L.latLngBounds([s, w], [n, e]);
+      bounds = bounds ? bounds.extend(box) : box;
+      L.rectangle(box, { color: "#555", weight: 1, fill: false, interactive: false }).addTo(outlines);
+      if (feature.properties.thumbnail) {
+        const overlay = L.imageOverlay(feature.properties.thumbnail, box, { opacity: 0.9, alt: feature.properties.id });
+        overlay.addTo(quicklooks);
+        state.overlays.push(overlay);
+      }
+    }
+    if (bounds) map.fitBounds(bounds);
+    setStatus(`${collection.features.length} items. Click the map to search.`);
+    document.body.dataset.state = "ready";
+  }
+
+  function showResult(collection) {
+    results.clearLayers();
+    list.replaceChildren();
+    state.result = collection;
+    const layers = [];
+    for (const feature of collection.features) {
+      const p = feature.properties;
+      const layer = L.geoJSON(feature, {
+        style: { color: p.rank === 1 ? "#d7191c" : "#ffd400", weight: p.rank === 1 ? 3 : 2, fillOpacity: 0.15 },
+      }).bindTooltip(`#${p.rank} ${p.similarity.toFixed(3)}`);
+      layer.addTo(results);
+      layers.push(layer);
+      const li = document.createElement("li");
+      li.dataset.rank = p.rank;
+      li.dataset.item = p.item;
+      li.dataset.row = p.chip_row;
+      li.dataset.col = p.chip_col;
+      const rank = document.createElement("span");
+      rank.className = "rank";
+      rank.textContent = `${p.rank}. `;
+      const sim = document.createElement("span");
+      sim.className = "sim";
+      sim.textContent = p.similarity.toFixed(4);
+      const where = document.createElement("div");
+      where.className = "where";
+      where.textContent = `row ${p.chip_row}, col ${p.chip_col}` + (p.datetime ? ` · ${p.datetime.slice(0, 10)}` : "");
+      li.append(rank, document.createTextNode(p.item), sim, where);
+      li.addEventListener("click", () => {
+        for (const other of list.children) other.classList.remove("selected");
+        li.classList.add("selected");
+        map.fitBounds(layer.getBounds(), { maxZoom: map.getZoom() + 3 });
+        layer.openTooltip();
+      });
+      list.append(li);
+    }
+    const chips = (collection.query && collection.query.chips) || [];
+    setStatus(`${collection.features.length} chips most like ${chips.join(", ") || "the query"}.`);
+    document.body.dataset.state = "result";
+  }
+
+  map.on("click", async (event) => {
+    const lon = L.Util.wrapNum(event.latlng.lng, [-180, 180], true);
+    const lat = event.latlng.lat;
+    const k = Math.max(1, Math.min(200, parseInt(kInput.value, 10) || 10));
+    document.body.dataset.state = "searching";
+    setStatus(`Searching at ${lon.toFixed(5)}, ${lat.toFixed(5)}…`);
+    try {
+      showResult(await getJSON(`/api/similar?lon=${lon}&lat=${lat}&k=${k}`));
+    } catch (error) {
+      results.clearLayers();
+      list.replaceChildren();
+      setStatus(error.message, true);
+      document.body.dataset.state = "error";
+    }
+  });
+
+  state.ready = loadItems().catch((error) => {
+    setStatus(`Cannot load items: ${error.message}`, true);
+    document.body.dataset.state = "error";
+  });
+})();
