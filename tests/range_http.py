@@ -91,13 +91,20 @@ class RangeRequestHandler(http.server.SimpleHTTPRequestHandler):
 def serve(root: Path) -> Iterator[tuple[str, list]]:
     """Serve ``root`` on ``127.0.0.1`` (free port): yields (base URL, request log)."""
     log: list = []
-    handler = functools.partial(RangeRequestHandler, directory=str(root), log=log)
+    with serving(functools.partial(RangeRequestHandler, directory=str(root), log=log)) as url:
+        yield url, log
+
+
+@contextlib.contextmanager
+def serving(handler) -> Iterator[str]:
+    """Run ``handler`` (a request handler class or factory) on ``127.0.0.1`` at a free port, in a
+    thread, until the block ends: yields the base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", log
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from range_http import RangeRequestHandler
+from range_http import RangeRequestHandler, serving
 
 from stacembed.access import Access
 
@@ -71,16 +71,8 @@ class Flaky(RangeRequestHandler):
 def flaky(root: Path, *suffixes: str, kinds: tuple = KINDS) -> Iterator[tuple[str, dict]]:
     state = {"lock": threading.Lock(), "tried": set(), "failed": [], "log": []}
     handler = functools.partial(Flaky, directory=str(root), state=state, suffixes=suffixes, kinds=kinds)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(handler) as url:
+        yield url, state
 
 
 def failed_kinds(state: dict, suffix: str) -> set:

@@ -21,14 +21,13 @@ import json
 import logging
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pystac
 import pytest
-from range_http import RangeRequestHandler
+from range_http import RangeRequestHandler, serving
 
 from stacembed.access import Access, install_log_redaction, redact, redact_text
 from stacembed.catalog import canonical_href
@@ -113,16 +112,8 @@ class FakeApi(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def serve(handler, **kwargs) -> Iterator[tuple[str, list]]:
     seen: list = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, seen=seen, **kwargs))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(functools.partial(handler, seen=seen, **kwargs)) as url:
+        yield url, seen
 
 
 def stacembed(*args) -> subprocess.CompletedProcess:
