@@ -8,12 +8,13 @@ One PCA basis per collection, so that a colour means the same vector in every it
   win. Items are read a strip of rows (COG) or a row group (GeoParquet) at a time through
   ``open_embeddings``' readers, so memory is the sample plus one batch, whatever the catalog;
   the sample does not depend on the order items are listed in, nor on the format read.
-- **Basis.** scikit-learn's ``PCA(svd_solver="full")`` in float64 on the sample: the mean and
-  the first three components (signs as scikit-learn fixes them: each component's largest
-  entry is positive), then the 2nd and 98th percentiles of each projected channel as its
-  stretch. It is stored in the collection (``stacembed:quicklook``), exactly (JSON floats
-  round-trip), and kept by later runs: finished items are never redrawn because items were
-  added. ``refit`` (``stacembed quicklook --refit``) fits it anew over all items.
+- **Basis.** PCA as scikit-learn's ``PCA(svd_solver="full")`` computes it, in numpy
+  (``_principal_axes``), in float64 on the sample: the mean and the first three components
+  (signs as scikit-learn fixes them: each component's largest entry is positive), then the
+  2nd and 98th percentiles of each projected channel as its stretch. It is stored in the
+  collection (``stacembed:quicklook``), exactly (JSON floats round-trip), and kept by later
+  runs: finished items are never redrawn because items were added. ``refit``
+  (``stacembed quicklook --refit``) fits it anew over all items.
 - **Colour** of a vector ``v``, channel ``k``:
   ``round(255 * clip((components[k] . (v - mean) - low[k]) / (high[k] - low[k]), 0, 1))``,
   computed row by row in float64 (a row's colour does not depend on the batch it came in).
@@ -270,16 +271,27 @@ def basis_from_sample(vectors: np.ndarray, *, limit: int = SAMPLE, seed: int = S
     ratio = [0.0, 0.0, 0.0]
     kept = min(3, n, dims)
     if n >= 2 and kept:
-        from sklearn.decomposition import PCA
-
-        # a float64 copy the PCA may centre in place (copy=False): one copy of the sample, not two
-        pca = PCA(n_components=kept, svd_solver="full", copy=False).fit(np.array(vectors, dtype=np.float64))
-        mean = pca.mean_
-        components[:kept] = pca.components_
-        ratio[:kept] = [float(v) if np.isfinite(v) else 0.0 for v in pca.explained_variance_ratio_]
+        components[:kept], ratio[:kept] = _principal_axes(vectors, mean, kept)
     basis = QuicklookBasis(mean, components, np.zeros(3), np.zeros(3), tuple(ratio), n, limit, seed)
     low, high = np.percentile(basis.project(vectors), PERCENTILES, axis=0)
     return QuicklookBasis(mean, components, low, high, tuple(ratio), n, limit, seed)
+
+
+def _principal_axes(vectors: np.ndarray, mean: np.ndarray, kept: int) -> tuple[np.ndarray, list[float]]:
+    """The first ``kept`` principal axes of ``vectors`` and their shares of the variance.
+
+    What scikit-learn's ``PCA(svd_solver="full")`` computes (an SVD of the centred float64
+    sample, each axis signed so that its largest component is positive, as its ``svd_flip``
+    does), in numpy: importing scikit-learn's decomposition module took 0.94 s, a cost every
+    run would pay for three vectors.
+    """
+    centred = np.asarray(vectors, dtype=np.float64) - mean
+    _, singular, axes = np.linalg.svd(centred, full_matrices=False)
+    axes = axes[:kept] * np.sign(axes[:kept][np.arange(kept), np.abs(axes[:kept]).argmax(axis=1)])[:, None]
+    variance = singular**2
+    total = variance.sum()
+    shares = variance[:kept] / total if total > 0 else np.zeros(kept)
+    return axes, [float(v) if np.isfinite(v) else 0.0 for v in shares]
 
 
 def _keys(seed: int, item_id: str, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
