@@ -79,7 +79,7 @@ def test_no_import_cycle_among_the_package_modules():
 
 def _imported_after(statement: str) -> set[str]:
     heavy = ("torch", "timm", "dask", "distributed", "xarray", "stackstac", "odc", "pystac_client", "rasterio",
-             "shapely", "pandas")
+             "shapely", "pandas", "sklearn", "faiss")
     code = f"import sys; {statement}; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     return set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
 
@@ -89,6 +89,8 @@ def test_the_command_line_starts_without_the_heavy_libraries():
 
 
 def test_a_run_imports_cluster_and_lazy_stack_libraries_only_when_it_uses_them():
-    imported = _imported_after("import stacembed.pipeline, stacembed.feed, stacembed.executors.local")
+    imported = _imported_after("import stacembed.pipeline, stacembed.feed, stacembed.executors.local, "
+                               "stacembed.analysis.quicklook")
     assert "torch" in imported  # the model is what a run is for
-    assert imported.isdisjoint({"dask", "distributed", "xarray", "stackstac", "odc", "pystac_client"})
+    assert imported.isdisjoint({"dask", "distributed", "xarray", "stackstac", "odc", "pystac_client", "sklearn",
+                                "faiss"})
