@@ -395,6 +395,11 @@ def _human_size(size: float) -> str:
     return f"{size:.1f} TB"
 
 
+def _progress(quiet: bool) -> bool:
+    """Progress bars on a terminal only, as `stacembed run` shows them (none in logs or pipes)."""
+    return not quiet and sys.stderr.isatty()
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet or not verbose else (logging.INFO if verbose == 1 else logging.DEBUG)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -481,7 +486,7 @@ def cluster_command(ctx: click.Context, catalog: str, k: int | None, out: str, s
     from .analysis.cluster import cluster_catalog
 
     result = cluster_catalog(catalog, out=out, k=k, seed=seed, centroids=apply_href, batch_rows=batch_rows,
-                             output_collection=output_collection, progress=not quiet)
+                             output_collection=output_collection, progress=_progress(quiet))
     if not quiet:
         click.echo(f"{result.chips} chips of {len(result.items)} item(s) in {result.centroids.k} clusters; "
                    f"centroids: {result.centroids_file}; catalog: {result.catalog}")
@@ -510,7 +515,7 @@ def change_command(ctx: click.Context, catalog: str, before: str, after: str, ou
     from .analysis.change import change_catalog
 
     result = change_catalog(catalog, before=before, after=after, out=out, output_collection=output_collection,
-                            progress=not quiet)
+                            progress=_progress(quiet))
     if not quiet:
         click.echo(f"{len(result.items)} change map(s): {', '.join(result.items)}; catalog: {result.catalog}")
 
