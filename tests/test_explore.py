@@ -269,3 +269,149 @@ def test_page_in_browser(server, out):
             browser.close()
     assert errors == [], errors
     assert outside == [], f"the page requested outside the server: {outside}"
+
+
+# -- cluster and change layers ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def layered(out, tmp_path_factory):
+    """A copy of the run with a cluster and a change collection in its own --out; one class map
+    has a nodata pixel (the sample's items are covered by chips)."""
+    import rasterio
+
+    from stacembed.analysis.change import change_catalog
+    from stacembed.analysis.cluster import NODATA, cluster_catalog
+
+    copy = tmp_path_factory.mktemp("layered") / "out"
+    shutil.copytree(out, copy)
+    cluster_catalog(copy, k=3, seed=0, out=copy, progress=False)
+    change_catalog(copy, before="L7-olinda-r0c1", after="L7-olinda-r0c1", out=copy, progress=False)
+    path = copy / "clusters-k3" / "L7-olinda-r0c0" / "L7-olinda-r0c0.tif"
+    with rasterio.open(path) as src:
+        profile, data, colormap = src.profile, src.read(), src.colormap(1)
+    data[0, 0, 0] = NODATA
+    profile.update(driver="GTiff")
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        dst.write_colormap(1, colormap)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def layered_server(layered):
+    server = make_server(layered, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def _png(data: bytes):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    assert image.mode == "RGBA"
+    return np.asarray(image)
+
+
+def test_layers_listed(layered_server, layered):
+    status, content_type, body = get(layered_server, "/api/layers")
+    assert status == 200 and content_type == "application/json"
+    layers = json.loads(body)
+    found = sorted((layer["kind"], layer["collection"], layer["id"], layer["label"]) for layer in layers)
+    assert found == [("change", "change", "L7-olinda-r0c1--L7-olinda-r0c1", "change")] + \
+        [("cluster", "clusters-k3", f"L7-olinda-r{r}c{c}", "clusters k3") for r in (0, 1) for c in (0, 1)]
+    for layer in layers:
+        item = json.loads((layered / layer["collection"] / layer["id"] / f"{layer['id']}.json").read_text())
+        assert layer["bbox"] == item["bbox"]
+        assert layer["image"] == f"/api/render/{layer['collection']}/{layer['id']}.png"
+
+
+def test_no_layers_without_analyses(server):
+    assert json.loads(get(server, "/api/layers")[2]) == []
+
+
+def test_class_map_rendered_in_its_colours(layered_server, layered):
+    import numpy as np
+    import rasterio
+
+    for r in (0, 1):
+        for c in (0, 1):
+            item = f"L7-olinda-r{r}c{c}"
+            status, content_type, body = get(layered_server, f"/api/render/clusters-k3/{item}.png")
+            assert status == 200 and content_type == "image/png"
+            rgba = _png(body)
+            with rasterio.open(layered / "clusters-k3" / item / f"{item}.tif") as src:
+                classes, colormap, nodata = src.read(1), src.colormap(1), src.nodata
+            assert rgba.shape == (*classes.shape, 4)
+            expected = np.array([[colormap[v] if v != nodata else (0, 0, 0, 0) for v in row] for row in classes])
+            chips = classes != nodata
+            assert (rgba[chips] == expected[chips]).all()
+            assert (rgba[~chips][:, 3] == 0).all()
+            assert (rgba[chips][:, 3] == 255).all()
+            assert (not chips.all()) == (item == "L7-olinda-r0c0")
+
+
+def test_change_map_rendered(layered_server, layered):
+    import numpy as np
+    import rasterio
+
+    item = "L7-olinda-r0c1--L7-olinda-r0c1"
+    status, _, body = get(layered_server, f"/api/render/change/{item}.png")
+    assert status == 200
+    rgba = _png(body)
+    with rasterio.open(layered / "change" / item / f"{item}.tif") as src:
+        distances = src.read(1)
+    assert rgba.shape == (*distances.shape, 4)
+    valid = ~np.isnan(distances)
+    assert (rgba[..., 3] == valid * 255).all() and valid.any()
+
+
+@pytest.mark.parametrize("path", [
+    "/api/render/clusters-k3/no-such-item.png", "/api/render/no-such/L7-olinda-r0c0.png",
+    "/api/render/clusters-k3/L7-olinda-r0c0", "/api/render/clusters-k3/L7-olinda-r0c0.tif",
+    "/api/render/clusters-k3/..%2fclusters-k3%2fL7-olinda-r0c0%2fL7-olinda-r0c0.png",
+    "/api/render/landsat-etm-sample-stacembed-demo-landsat/L7-olinda-r0c0.png",  # an embedding item
+    "/api/render/", "/api/render/clusters-k3/%2fetc%2fpasswd.png",
+])
+def test_bad_render_paths_are_404_json(layered_server, path):
+    status, message = get_error(layered_server, path)
+    assert status == 404, message
+
+
+def test_layers_in_browser(layered_server):
+    sync_playwright = _browser()
+    errors, outside = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("request", lambda request: request.url.startswith(layered_server.url)
+                    or outside.append(request.url))
+            page.goto(layered_server.url)
+            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+            names = page.locator(".leaflet-control-layers-overlays label").all_inner_texts()
+            assert [name.strip() for name in names] == \
+                ["Quicklooks", "Item outlines", "Similar chips", "change", "clusters k3"]
+            # Off at first: only the quicklooks are drawn.
+            assert page.locator("img.leaflet-image-layer").count() == ITEMS
+            for name, count in (("clusters k3", ITEMS), ("change", 1)):
+                page.locator(".leaflet-control-layers-overlays label", has_text=name).locator("input").check()
+                kind = "change" if name == "change" else "cluster"
+                assert page.locator(f"img.stacembed-{kind}").count() == count
+            page.wait_for_function("[...document.querySelectorAll('img.leaflet-image-layer')]"
+                                   ".every(i => i.complete && i.naturalWidth > 0)", timeout=10_000)
+            sources = sorted(page.locator("img.stacembed-cluster").evaluate_all(
+                "els => els.map(e => new URL(e.src).pathname)"))
+            assert sources == sorted(f"/api/render/clusters-k3/L7-olinda-r{r}c{c}.png" for r in (0, 1) for c in (0, 1))
+        finally:
+            browser.close()
+    assert errors == [], errors
+    assert outside == [], f"the page requested outside the server: {outside}"

@@ -1,16 +1,19 @@
-// stacembed explore: quicklook overlays, click -> similar chips (see stacembed/web/server.py).
+// stacembed explore: quicklook overlays, cluster/change layers, click -> similar chips (see stacembed/web/server.py).
 "use strict";
 (function () {
   const map = L.map("map", { zoomControl: true, attributionControl: false }).setView([0, 0], 2);
+  // Panes: quicklooks and outlines (overlayPane, 400) < cluster/change maps < similar chips.
+  map.createPane("analysis").style.zIndex = 410;
+  map.createPane("similar").style.zIndex = 420;
   const quicklooks = L.layerGroup().addTo(map);
   const outlines = L.layerGroup().addTo(map);
   const results = L.layerGroup().addTo(map);
-  L.control.layers(null, { "Quicklooks": quicklooks, "Item outlines": outlines, "Similar chips": results },
-                   { collapsed: false }).addTo(map);
+  const control = L.control.layers(null, { "Quicklooks": quicklooks, "Item outlines": outlines,
+                                           "Similar chips": results }, { collapsed: false }).addTo(map);
   const statusEl = document.getElementById("status");
   const list = document.getElementById("results");
   const kInput = document.getElementById("k");
-  const state = { map: map, items: [], overlays: [], result: null, ready: null };
+  const state = { map: map, items: [], overlays: [], layers: {}, result: null, ready: null };
   window.stacembedExplore = state;
 
   function setStatus(text, error) {
@@ -41,8 +44,32 @@
       }
     }
     if (bounds) map.fitBounds(bounds);
-    setStatus(`${collection.features.length} items. Click the map to search.`);
+    const note = await loadLayers();
+    setStatus(`${collection.features.length} items${note}. Click the map to search.`);
     document.body.dataset.state = "ready";
+  }
+
+  // Cluster and change maps (stacembed cluster / change), one group each, off until ticked.
+  async function loadLayers() {
+    let layers = [];
+    try {
+      layers = await getJSON("/api/layers");
+    } catch (error) {
+      return ` (no cluster/change layers: ${error.message})`;
+    }
+    for (const layer of layers) {
+      let group = state.layers[layer.label];
+      if (!group) {
+        group = state.layers[layer.label] = L.layerGroup();
+        control.addOverlay(group, layer.label);
+      }
+      const [w, s, e, n] = layer.bbox;
+      L.imageOverlay(layer.image, L.latLngBounds([s, w], [n, e]), {
+        opacity: 0.75, pane: "analysis", alt: `${layer.collection}/${layer.id}`, className: `stacembed-${layer.kind}`,
+      }).addTo(group);
+    }
+    const groups = Object.keys(state.layers);
+    return groups.length ? `, layers: ${groups.join(", ")}` : "";
   }
 
   function showResult(collection) {
@@ -53,6 +80,7 @@
     for (const feature of collection.features) {
       const p = feature.properties;
       const layer = L.geoJSON(feature, {
+        pane: "similar",
         style: { color: p.rank === 1 ? "#d7191c" : "#ffd400", weight: p.rank === 1 ? 3 : 2, fillOpacity: 0.15 },
       }).bindTooltip(`#${p.rank} ${p.similarity.toFixed(3)}`);
       layer.addTo(results);
