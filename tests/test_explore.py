@@ -39,15 +39,20 @@ def out(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def server(out):
-    server = make_server(out, "127.0.0.1", 0)
+def _serving(catalog):
+    """``make_server`` on a free port, in a thread, until the fixture's module is done."""
+    server = make_server(catalog, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
     server.shutdown()
     server.server_close()
     thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def server(out):
+    yield from _serving(out)
 
 
 def get(server, path: str) -> tuple[int, str, bytes]:
@@ -299,13 +304,7 @@ def layered(out, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def layered_server(layered):
-    server = make_server(layered, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    yield from _serving(layered)
 
 
 def _png(data: bytes):
