@@ -109,3 +109,23 @@ def serving(handler) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+# GDAL against a loopback server: short timeouts, no directory listings, never through a proxy.
+LOOPBACK_GDAL_ENV = {
+    "GDAL_HTTP_TIMEOUT": "10",
+    "GDAL_HTTP_CONNECTTIMEOUT": "5",
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
+}
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+def loopback_environment(monkeypatch, *unset: str, **gdal: str) -> None:
+    """Set the environment for talking to loopback servers: the machine's proxies and ``unset``
+    removed, ``LOOPBACK_GDAL_ENV`` with ``gdal`` on top applied."""
+    for name in (*PROXY_VARIABLES, *unset):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**LOOPBACK_GDAL_ENV, **gdal}.items():
+        monkeypatch.setenv(name, value)

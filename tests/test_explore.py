@@ -8,6 +8,7 @@ either is missing, unless ``STACEMBED_REQUIRE_BROWSER`` is set (CI), where it fa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -222,10 +223,11 @@ def _browser():
     return sync_playwright
 
 
-def test_page_in_browser(server, out):
-    sync_playwright = _browser()
-    lon, lat, _ = chip_centre(out)
-    expected = similar(out, Query.from_point(lon, lat), k=10).to_pylist()
+
+@contextlib.contextmanager
+def _page(sync_playwright, url: str):
+    """A headless Chromium page at ``url``; on the way out, no console or page error may have
+    occurred and no request may have left the server."""
     errors, outside = [], []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -233,47 +235,54 @@ def test_page_in_browser(server, out):
             page = browser.new_page(viewport={"width": 1200, "height": 800})
             page.on("console", lambda message: message.type == "error" and errors.append(message.text))
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("request", lambda request: request.url.startswith(server.url) or outside.append(request.url))
-            page.goto(server.url)
-            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
-            # One image overlay per item, each its thumbnail, loaded.
-            overlays = page.locator("img.leaflet-image-layer")
-            assert overlays.count() == ITEMS
-            sources = sorted(overlays.evaluate_all("els => els.map(e => new URL(e.src).pathname)"))
-            assert sources == sorted(f"/api/thumbnail/{item}" for item in
-                                     (f"L7-olinda-r{r}c{c}" for r in (0, 1) for c in (0, 1)))
-            page.wait_for_function("[...document.querySelectorAll('img.leaflet-image-layer')]"
-                                   ".every(i => i.complete && i.naturalWidth > 0)", timeout=10_000)
-
-            # A real click at the chip's centre.
-            x, y = page.evaluate("([lat, lon]) => { const m = window.stacembedExplore.map;"
-                                 " const p = m.latLngToContainerPoint([lat, lon]);"
-                                 " const r = m.getContainer().getBoundingClientRect();"
-                                 " return [r.left + p.x, r.top + p.y]; }", [lat, lon])
-            page.mouse.click(x, y)
-            page.wait_for_selector("body[data-state=result]", timeout=30_000)
-            rows = page.locator("#results li")
-            assert rows.count() == len(expected)
-            listed = rows.evaluate_all("els => els.map(e => [+e.dataset.rank, e.dataset.item,"
-                                       " +e.dataset.row, +e.dataset.col, e.querySelector('.sim').textContent])")
-            assert [row[:4] for row in listed] == \
-                [[e["rank"], e["item"], e["chip_row"], e["chip_col"]] for e in expected]
-            assert [float(row[4]) for row in listed] == pytest.approx([e["similarity"] for e in expected], abs=1e-4)
-            assert page.locator("path.leaflet-interactive").count() >= len(expected)  # the outlines
-
-            # A list entry zooms the map to its chip.
-            zoom = page.evaluate("window.stacembedExplore.map.getZoom()")
-            rows.nth(3).click()
-            page.wait_for_function(f"window.stacembedExplore.map.getZoom() > {zoom}", timeout=10_000)
-            centre = page.evaluate("(() => { const c = window.stacembedExplore.map.getCenter();"
-                                   " return [c.lng, c.lat]; })()")
-            footprint = shapely.from_wkb(expected[3]["geometry"])
-            assert footprint.buffer(0.002).covers(shapely.Point(*centre))
-            assert "selected" in rows.nth(3).get_attribute("class")
+            page.on("request", lambda request: request.url.startswith(url) or outside.append(request.url))
+            page.goto(url)
+            yield page
         finally:
             browser.close()
     assert errors == [], errors
     assert outside == [], f"the page requested outside the server: {outside}"
+
+def test_page_in_browser(server, out):
+    sync_playwright = _browser()
+    lon, lat, _ = chip_centre(out)
+    expected = similar(out, Query.from_point(lon, lat), k=10).to_pylist()
+    with _page(sync_playwright, server.url) as page:
+        page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+        # One image overlay per item, each its thumbnail, loaded.
+        overlays = page.locator("img.leaflet-image-layer")
+        assert overlays.count() == ITEMS
+        sources = sorted(overlays.evaluate_all("els => els.map(e => new URL(e.src).pathname)"))
+        assert sources == sorted(f"/api/thumbnail/{item}" for item in
+                                 (f"L7-olinda-r{r}c{c}" for r in (0, 1) for c in (0, 1)))
+        page.wait_for_function("[...document.querySelectorAll('img.leaflet-image-layer')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)", timeout=10_000)
+
+        # A real click at the chip's centre.
+        x, y = page.evaluate("([lat, lon]) => { const m = window.stacembedExplore.map;"
+                             " const p = m.latLngToContainerPoint([lat, lon]);"
+                             " const r = m.getContainer().getBoundingClientRect();"
+                             " return [r.left + p.x, r.top + p.y]; }", [lat, lon])
+        page.mouse.click(x, y)
+        page.wait_for_selector("body[data-state=result]", timeout=30_000)
+        rows = page.locator("#results li")
+        assert rows.count() == len(expected)
+        listed = rows.evaluate_all("els => els.map(e => [+e.dataset.rank, e.dataset.item,"
+                                   " +e.dataset.row, +e.dataset.col, e.querySelector('.sim').textContent])")
+        assert [row[:4] for row in listed] == \
+            [[e["rank"], e["item"], e["chip_row"], e["chip_col"]] for e in expected]
+        assert [float(row[4]) for row in listed] == pytest.approx([e["similarity"] for e in expected], abs=1e-4)
+        assert page.locator("path.leaflet-interactive").count() >= len(expected)  # the outlines
+
+        # A list entry zooms the map to its chip.
+        zoom = page.evaluate("window.stacembedExplore.map.getZoom()")
+        rows.nth(3).click()
+        page.wait_for_function(f"window.stacembedExplore.map.getZoom() > {zoom}", timeout=10_000)
+        centre = page.evaluate("(() => { const c = window.stacembedExplore.map.getCenter();"
+                               " return [c.lng, c.lat]; })()")
+        footprint = shapely.from_wkb(expected[3]["geometry"])
+        assert footprint.buffer(0.002).covers(shapely.Point(*centre))
+        assert "selected" in rows.nth(3).get_attribute("class")
 
 
 # -- cluster and change layers ------------------------------------------------------------------
@@ -385,32 +394,19 @@ def test_bad_render_paths_are_404_json(layered_server, path):
 
 def test_layers_in_browser(layered_server):
     sync_playwright = _browser()
-    errors, outside = [], []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            page.on("console", lambda message: message.type == "error" and errors.append(message.text))
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("request", lambda request: request.url.startswith(layered_server.url)
-                    or outside.append(request.url))
-            page.goto(layered_server.url)
-            page.wait_for_selector("body[data-state=ready]", timeout=30_000)
-            names = page.locator(".leaflet-control-layers-overlays label").all_inner_texts()
-            assert [name.strip() for name in names] == \
-                ["Quicklooks", "Item outlines", "Similar chips", "change", "clusters k3"]
-            # Off at first: only the quicklooks are drawn.
-            assert page.locator("img.leaflet-image-layer").count() == ITEMS
-            for name, count in (("clusters k3", ITEMS), ("change", 1)):
-                page.locator(".leaflet-control-layers-overlays label", has_text=name).locator("input").check()
-                kind = "change" if name == "change" else "cluster"
-                assert page.locator(f"img.stacembed-{kind}").count() == count
-            page.wait_for_function("[...document.querySelectorAll('img.leaflet-image-layer')]"
-                                   ".every(i => i.complete && i.naturalWidth > 0)", timeout=10_000)
-            sources = sorted(page.locator("img.stacembed-cluster").evaluate_all(
-                "els => els.map(e => new URL(e.src).pathname)"))
-            assert sources == sorted(f"/api/render/clusters-k3/L7-olinda-r{r}c{c}.png" for r in (0, 1) for c in (0, 1))
-        finally:
-            browser.close()
-    assert errors == [], errors
-    assert outside == [], f"the page requested outside the server: {outside}"
+    with _page(sync_playwright, layered_server.url) as page:
+        page.wait_for_selector("body[data-state=ready]", timeout=30_000)
+        names = page.locator(".leaflet-control-layers-overlays label").all_inner_texts()
+        assert [name.strip() for name in names] == \
+            ["Quicklooks", "Item outlines", "Similar chips", "change", "clusters k3"]
+        # Off at first: only the quicklooks are drawn.
+        assert page.locator("img.leaflet-image-layer").count() == ITEMS
+        for name, count in (("clusters k3", ITEMS), ("change", 1)):
+            page.locator(".leaflet-control-layers-overlays label", has_text=name).locator("input").check()
+            kind = "change" if name == "change" else "cluster"
+            assert page.locator(f"img.stacembed-{kind}").count() == count
+        page.wait_for_function("[...document.querySelectorAll('img.leaflet-image-layer')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)", timeout=10_000)
+        sources = sorted(page.locator("img.stacembed-cluster").evaluate_all(
+            "els => els.map(e => new URL(e.src).pathname)"))
+        assert sources == sorted(f"/api/render/clusters-k3/L7-olinda-r{r}c{c}.png" for r in (0, 1) for c in (0, 1))

@@ -16,28 +16,16 @@ import urllib.request
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from range_http import serve
+from range_http import loopback_environment, serve
 
 # The run's own network settings (applied to GDAL as config options, over the environment).
 NO_WAIT = ("--timeout", "10", "--retries", "0")
-GDAL_ENV = {
-    "GDAL_HTTP_TIMEOUT": "10",
-    "GDAL_HTTP_CONNECTTIMEOUT": "5",
-    "GDAL_HTTP_MAX_RETRY": "0",
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    # The server is on loopback: never send it through a proxy configured on the machine.
-    "NO_PROXY": "127.0.0.1,localhost",
-    "no_proxy": "127.0.0.1,localhost",
-}
 
 
 @pytest.fixture
 def served_catalog(synthetic_catalog, monkeypatch):
     """(local catalog.json path, base URL, request log) of a synthetic catalog on a loopback server."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in GDAL_ENV.items():
-        monkeypatch.setenv(name, value)
+    loopback_environment(monkeypatch, GDAL_HTTP_MAX_RETRY="0")
     catalog = synthetic_catalog("1.1", n_items=2, shape=(100, 130))
     with serve(catalog.parent) as (url, log):
         yield catalog, url, log

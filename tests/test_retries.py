@@ -18,17 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from range_http import RangeRequestHandler, serving
+from range_http import RangeRequestHandler, loopback_environment, serving
 
 from stacembed.access import Access
 
-GDAL_ENV = {
-    "GDAL_HTTP_TIMEOUT": "10",
-    "GDAL_HTTP_CONNECTTIMEOUT": "5",
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "NO_PROXY": "127.0.0.1,localhost",
-    "no_proxy": "127.0.0.1,localhost",
-}
 # Retries, and GDAL's first wait between them shortened (the user's --gdal wins over the default 1 s).
 RETRY = ("--timeout", "10", "--retries", "3", "--gdal", "GDAL_HTTP_RETRY_DELAY=0.05")
 KINDS = (503, "drop", 500)
@@ -36,10 +29,7 @@ KINDS = (503, "drop", 500)
 
 @pytest.fixture(autouse=True)
 def loopback_only(monkeypatch):
-    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in GDAL_ENV.items():
-        monkeypatch.setenv(name, value)
+    loopback_environment(monkeypatch)
 
 
 class Flaky(RangeRequestHandler):

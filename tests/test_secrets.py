@@ -27,29 +27,18 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pystac
 import pytest
-from range_http import RangeRequestHandler, serving
+from range_http import RangeRequestHandler, loopback_environment, serving
 
 from stacembed.access import Access, install_log_redaction, redact, redact_text
 from stacembed.catalog import canonical_href
 from stacembed.config import RunConfig
 
-GDAL_ENV = {
-    "GDAL_HTTP_TIMEOUT": "10",
-    "GDAL_HTTP_CONNECTTIMEOUT": "5",
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "NO_PROXY": "127.0.0.1,localhost",
-    "no_proxy": "127.0.0.1,localhost",
-}
 NO_WAIT = ("--timeout", "10", "--retries", "0")
 
 
 @pytest.fixture(autouse=True)
 def loopback_only(monkeypatch):
-    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
-                 "STACEMBED_HEADERS", "STACEMBED_ASSET_HEADERS"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in GDAL_ENV.items():
-        monkeypatch.setenv(name, value)
+    loopback_environment(monkeypatch, "STACEMBED_HEADERS", "STACEMBED_ASSET_HEADERS")
 
 
 class Recorder(RangeRequestHandler):
