@@ -38,3 +38,7 @@ class OutputError(StacembedError):
 
 class PublishError(StacembedError):
     """A STAC API refused or could not take the published collection or items."""
+
+
+class LabelError(StacembedError):
+    """Labels cannot be used: unreadable, without a CRS, a column missing, no chip covered, one class only."""
