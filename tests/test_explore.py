@@ -1,7 +1,9 @@
 """`stacembed explore` (``stacembed.web``): the endpoints over HTTP, and the page in headless Chromium.
 
-A run of the bundled sample catalog with random weights (4 items, 36 chips); expected neighbours
-come from ``similar()`` called directly. The browser test uses Debian's chromium
+A run of the bundled sample catalog with random weights (4 items, 36 chips, on a UTM grid:
+EPSG:31985); expected neighbours come from ``similar()`` called directly, and where a drawn image
+puts a chip is computed with pyproj, independently of the server's warp. The same catalog is also
+served over HTTP (``range_http``). The browser test uses Debian's chromium
 (``/usr/bin/chromium``) through PyPI's playwright, without ``playwright install``; it skips when
 either is missing, unless ``STACEMBED_REQUIRE_BROWSER`` is set (CI), where it fails instead.
 """
@@ -9,6 +11,7 @@ either is missing, unless ``STACEMBED_REQUIRE_BROWSER`` is set (CI), where it fa
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -17,20 +20,27 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 import shapely
 from click.testing import CliRunner
+from pyproj import Transformer
+from range_http import loopback_environment
+from range_http import serve as serve_directory
+from rasterio.warp import transform_bounds
 
 from stacembed import RunConfig, run
 from stacembed.analysis.similar import Query, similar
 from stacembed.cli import main
-from stacembed.web import make_server
+from stacembed.web import make_server, render
 from stacembed.web.server import STATIC
 
 CHROMIUM = os.environ.get("STACEMBED_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ITEMS = 4
+INSIDE = (0.05, 0.5, 0.95)  # where in a raster's pixel (a fraction of its side) it is looked for when drawn
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +50,24 @@ def out(tmp_path_factory):
     return out
 
 
-def _serving(catalog):
-    """``make_server`` on a free port, in a thread, until the fixture's module is done."""
+@contextlib.contextmanager
+def running(catalog):
+    """``make_server`` on a free port, in a thread, until the block ends."""
     server = make_server(catalog, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 @pytest.fixture(scope="module")
 def server(out):
-    yield from _serving(out)
+    with running(out) as server:
+        yield server
 
 
 def get(server, path: str) -> tuple[int, str, bytes]:
@@ -79,6 +93,47 @@ def chip_centre(out: Path) -> tuple[float, float, str]:
     return centre.x, centre.y, "L7-olinda-r0c0:2:2"
 
 
+def png_rgba(data: bytes) -> np.ndarray:
+    """A PNG's (height, width, 4) pixels; it must be RGBA."""
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    assert image.mode == "RGBA"
+    return np.asarray(image)
+
+
+def drawn(server, overlay) -> np.ndarray:
+    """The pixels of an overlay's (``{image, bounds}``) PNG."""
+    status, content_type, body = get(server, overlay["image"])
+    assert status == 200 and content_type == "image/png", body
+    return png_rgba(body)
+
+
+def assert_placed(overlay, rgba: np.ndarray, raster: Path, expected) -> None:
+    """Every pixel of ``raster`` is drawn ``expected(row, col)`` (RGBA) where pyproj puts it in the
+    image (its centre, and points a twentieth of a pixel in from its corners); the bounds are the
+    raster's in lon/lat; the image is bounded in size."""
+    with rasterio.open(raster) as src:
+        crs, transform, shape, raster_bounds = src.crs, src.transform, src.shape, src.bounds
+    assert overlay["bounds"] == pytest.approx(transform_bounds(crs, "EPSG:4326", *raster_bounds), abs=1e-9)
+    assert max(rgba.shape[:2]) == min(render.MAX_SIDE, max(render.MIN_SIDE, *shape))
+    west, south, east, north = overlay["bounds"]
+    (left, right), (bottom, top) = Transformer.from_crs(4326, 3857, always_xy=True).transform([west, east],
+                                                                                              [south, north])
+    to_mercator = Transformer.from_crs(crs.to_wkt(), 3857, always_xy=True)
+    height, width = rgba.shape[:2]
+    for row, col, dy, dx in itertools.product(range(shape[0]), range(shape[1]), INSIDE, INSIDE):
+        x, y = to_mercator.transform(*(transform * (col + dx, row + dy)))
+        pixel = int((top - y) / (top - bottom) * height), int((x - left) / (right - left) * width)
+        assert tuple(rgba[pixel]) == tuple(expected(row, col)), (raster.name, row, col, dy, dx)
+
+
+def item_file(out: Path, item: str, suffix: str) -> Path:
+    return next(out.glob(f"*/{item}/{item}{suffix}"))
+
+
 # -- HTTP ---------------------------------------------------------------------------------------
 
 def test_items(server, out):
@@ -88,13 +143,25 @@ def test_items(server, out):
     assert len(features) == ITEMS
     for feature in features:
         props = feature["properties"]
-        item = json.loads(next(out.glob(f"*/{props['id']}/{props['id']}.json")).read_text())
+        item = json.loads(item_file(out, props["id"], ".json").read_text())
         assert props["bbox"] == item["bbox"]
         when = item["properties"]["datetime"] or item["properties"]["start_datetime"]  # the item's, or its start
         assert props["datetime"][:19] == when[:19]
-        status, content_type, png = get(server, props["thumbnail"])
-        assert status == 200 and content_type == "image/png"
-        assert png == (next(out.glob(f"*/{props['id']}/{props['id']}.thumbnail.png"))).read_bytes()
+        assert props["quicklook"]["image"] == f"/api/quicklook/{props['id']}.png"
+
+
+def test_quicklooks_reprojected(server, out):
+    """Each quicklook is its overview COG (on the UTM grid) warped to Web Mercator: every chip's
+    colour lands where pyproj puts the chip's centre, and the bounds are the COG's."""
+    for feature in json.loads(get(server, "/api/items")[2])["features"]:
+        overview = item_file(out, feature["id"], ".overview.tif")
+        with rasterio.open(overview) as src:
+            assert src.crs.to_epsg() == 31985 and src.count == 4
+            colours = src.read()
+        rgba = drawn(server, feature["properties"]["quicklook"])
+        assert_placed(feature["properties"]["quicklook"], rgba, overview,
+                      lambda row, col, colours=colours: colours[:, row, col])
+        assert rgba[..., 3].any() and not rgba[..., 3].all()  # transparent outside the rotated grid
 
 
 def test_similar_endpoint_matches_similar(server, out):
@@ -126,36 +193,42 @@ def test_page_and_static(server):
 
 @pytest.mark.parametrize("path", [
     "/static/../server.py", "/static/%2e%2e/server.py", "/static/..%2fserver.py", "/static/%2fetc%2fpasswd",
-    "/static/vendor/../../server.py", "/static/", "/api/thumbnail/..%2f..%2fcatalog.json",
-    "/api/thumbnail/%2fetc%2fpasswd", "/api/thumbnail/no-such-item", "/api/nothing", "/../../etc/passwd",
+    "/static/vendor/../../server.py", "/static/", "/api/quicklook/..%2f..%2fcatalog.json.png",
+    "/api/quicklook/%2fetc%2fpasswd.png", "/api/quicklook/no-such-item.png", "/api/quicklook/L7-olinda-r0c0",
+    "/api/quicklook/", "/api/nothing", "/../../etc/passwd",
 ])
 def test_bad_paths_are_404_json(server, path):
     status, message = get_error(server, path)
     assert status == 404, message
 
 
-def test_thumbnail_outside_catalog_is_refused(out, tmp_path):
-    """An item whose thumbnail asset points outside the catalog's directory is not served."""
+def test_quicklook_assets_outside_catalog_are_refused(out, tmp_path):
+    """An item whose overview and thumbnail point outside the catalog's directory has no
+    quicklook; one without an overview gets its thumbnail PNG stretched to its bbox."""
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    item_path = next(copy.glob("*/L7-olinda-r0c0/L7-olinda-r0c0.json"))
-    outside = tmp_path / "outside.png"
-    outside.write_bytes(b"\x89PNG secret")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    item_path = item_file(copy, "L7-olinda-r0c0", ".json")
     item = json.loads(item_path.read_text())
-    item["assets"]["thumbnail"]["href"] = str(outside)
+    for key, suffix in (("overview", ".overview.tif"), ("thumbnail", ".thumbnail.png")):
+        shutil.copy(item_file(copy, "L7-olinda-r0c0", suffix), outside / f"secret{suffix}")
+        item["assets"][key]["href"] = str(outside / f"secret{suffix}")
     item_path.write_text(json.dumps(item))
-    server = make_server(copy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        features = json.loads(get(server, "/api/items")[2])["features"]
-        thumbnails = {f["properties"]["id"]: f["properties"]["thumbnail"] for f in features}
-        assert thumbnails["L7-olinda-r0c0"] is None and thumbnails["L7-olinda-r0c1"]
-        status, _ = get_error(server, "/api/thumbnail/L7-olinda-r0c0")
-        assert status == 404
-    finally:
-        server.shutdown()
-        server.server_close()
+    item_path = item_file(copy, "L7-olinda-r0c1", ".json")
+    item = json.loads(item_path.read_text())
+    del item["assets"]["overview"]
+    item_path.write_text(json.dumps(item))
+    with running(copy) as server:
+        features = {f["id"]: f["properties"] for f in json.loads(get(server, "/api/items")[2])["features"]}
+        assert features["L7-olinda-r0c0"]["quicklook"] is None and features["L7-olinda-r1c0"]["quicklook"]
+        status, message = get_error(server, "/api/quicklook/L7-olinda-r0c0.png")
+        assert status == 404 and "no overview or thumbnail" in message
+        stretched = features["L7-olinda-r0c1"]
+        assert stretched["quicklook"]["bounds"] == pytest.approx(stretched["bbox"], abs=1e-9)
+        rgba = drawn(server, stretched["quicklook"])
+        thumbnail = png_rgba(item_file(copy, "L7-olinda-r0c1", ".thumbnail.png").read_bytes())
+        assert {tuple(c) for c in rgba.reshape(-1, 4)} == {tuple(c) for c in thumbnail.reshape(-1, 4)}
 
 
 @pytest.mark.parametrize(("query", "words"), [
@@ -253,10 +326,15 @@ def test_page_in_browser(server, out):
         overlays = page.locator("img.leaflet-image-layer")
         assert overlays.count() == ITEMS
         sources = sorted(overlays.evaluate_all("els => els.map(e => new URL(e.src).pathname)"))
-        assert sources == sorted(f"/api/thumbnail/{item}" for item in
-                                 (f"L7-olinda-r{r}c{c}" for r in (0, 1) for c in (0, 1)))
+        assert sources == sorted(f"/api/quicklook/L7-olinda-r{r}c{c}.png" for r in (0, 1) for c in (0, 1))
         page.wait_for_function("[...document.querySelectorAll('img.leaflet-image-layer')]"
                                ".every(i => i.complete && i.naturalWidth > 0)", timeout=10_000)
+        # Each item's outline is an upright rectangle (its bbox, left as it was by fitting the view).
+        outlines = page.evaluate("[...document.querySelectorAll('path')].map(p => p.getAttribute('d'))")
+        assert len(outlines) == ITEMS
+        for outline in outlines:
+            (x0, y0), (x1, y1), (x2, y2), (x3, y3) = (point.split() for point in outline[1:-1].split("L"))
+            assert x0 == x1 and y1 == y2 and x2 == x3 and y3 == y0, outline
 
         # A real click at the chip's centre.
         x, y = page.evaluate("([lat, lon]) => { const m = window.stacembedExplore.map;"
@@ -287,12 +365,15 @@ def test_page_in_browser(server, out):
 
 # -- cluster and change layers ------------------------------------------------------------------
 
+CLUSTERS = [("cluster", "clusters-k3", f"L7-olinda-r{r}c{c}", "clusters k3") for r in (0, 1) for c in (0, 1)]
+CHANGE = ("change", "change", "L7-olinda-r0c1--L7-olinda-r0c1", "change")
+
+
 @pytest.fixture(scope="module")
 def layered(out, tmp_path_factory):
     """A copy of the run with a cluster and a change collection in its own --out; one class map
-    has a nodata pixel (the sample's items are covered by chips)."""
-    import rasterio
-
+    is rewritten with neighbouring chips in different classes, and a nodata chip (the sample's
+    items are covered by chips)."""
     from stacembed.analysis.change import change_catalog
     from stacembed.analysis.cluster import NODATA, cluster_catalog
 
@@ -303,6 +384,8 @@ def layered(out, tmp_path_factory):
     path = copy / "clusters-k3" / "L7-olinda-r0c0" / "L7-olinda-r0c0.tif"
     with rasterio.open(path) as src:
         profile, data, colormap = src.profile, src.read(), src.colormap(1)
+    rows, cols = np.indices(data.shape[1:])
+    data[0] = (rows + cols) % 3
     data[0, 0, 0] = NODATA
     profile.update(driver="GTiff")
     with rasterio.open(path, "w", **profile) as dst:
@@ -313,71 +396,60 @@ def layered(out, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def layered_server(layered):
-    yield from _serving(layered)
+    with running(layered) as server:
+        yield server
 
 
-def _png(data: bytes):
-    import io
+def layer_file(catalog: Path, layer) -> Path:
+    return catalog / layer["collection"] / layer["id"] / f"{layer['id']}.tif"
 
-    import numpy as np
-    from PIL import Image
 
-    image = Image.open(io.BytesIO(data))
-    assert image.mode == "RGBA"
-    return np.asarray(image)
+def listed(server) -> list:
+    status, content_type, body = get(server, "/api/layers")
+    assert status == 200 and content_type == "application/json"
+    return sorted(json.loads(body), key=lambda layer: (layer["kind"], layer["id"]))
 
 
 def test_layers_listed(layered_server, layered):
-    status, content_type, body = get(layered_server, "/api/layers")
-    assert status == 200 and content_type == "application/json"
-    layers = json.loads(body)
-    found = sorted((layer["kind"], layer["collection"], layer["id"], layer["label"]) for layer in layers)
-    assert found == [("change", "change", "L7-olinda-r0c1--L7-olinda-r0c1", "change")] + \
-        [("cluster", "clusters-k3", f"L7-olinda-r{r}c{c}", "clusters k3") for r in (0, 1) for c in (0, 1)]
+    layers = listed(layered_server)
+    assert [(layer["kind"], layer["collection"], layer["id"], layer["label"]) for layer in layers] == \
+        [CHANGE, *CLUSTERS]
     for layer in layers:
-        item = json.loads((layered / layer["collection"] / layer["id"] / f"{layer['id']}.json").read_text())
-        assert layer["bbox"] == item["bbox"]
         assert layer["image"] == f"/api/render/{layer['collection']}/{layer['id']}.png"
+        with rasterio.open(layer_file(layered, layer)) as src:
+            assert src.crs.to_epsg() == 31985
+            assert layer["bounds"] == pytest.approx(transform_bounds(src.crs, "EPSG:4326", *src.bounds), abs=1e-9)
 
 
 def test_no_layers_without_analyses(server):
     assert json.loads(get(server, "/api/layers")[2]) == []
 
 
-def test_class_map_rendered_in_its_colours(layered_server, layered):
-    import numpy as np
-    import rasterio
+def test_class_map_reprojected_in_its_colours(layered_server, layered):
+    """Each chip's class colour (transparent at nodata) lands where pyproj puts the chip's centre."""
+    for layer in listed(layered_server)[1:]:
+        with rasterio.open(layer_file(layered, layer)) as src:
+            classes, colormap, nodata = src.read(1), src.colormap(1), src.nodata
+        if layer["id"] == "L7-olinda-r0c0":  # the rewritten map: three classes and a nodata chip
+            assert set(np.unique(classes)) == {0, 1, 2, nodata}
 
-    for r in (0, 1):
-        for c in (0, 1):
-            item = f"L7-olinda-r{r}c{c}"
-            status, content_type, body = get(layered_server, f"/api/render/clusters-k3/{item}.png")
-            assert status == 200 and content_type == "image/png"
-            rgba = _png(body)
-            with rasterio.open(layered / "clusters-k3" / item / f"{item}.tif") as src:
-                classes, colormap, nodata = src.read(1), src.colormap(1), src.nodata
-            assert rgba.shape == (*classes.shape, 4)
-            expected = np.array([[colormap[v] if v != nodata else (0, 0, 0, 0) for v in row] for row in classes])
-            chips = classes != nodata
-            assert (rgba[chips] == expected[chips]).all()
-            assert (rgba[~chips][:, 3] == 0).all()
-            assert (rgba[chips][:, 3] == 255).all()
-            assert (not chips.all()) == (item == "L7-olinda-r0c0")
+        def expected(row, col, classes=classes, colormap=colormap, nodata=nodata):
+            return (0, 0, 0, 0) if classes[row, col] == nodata else colormap[classes[row, col]]
+
+        assert_placed(layer, drawn(layered_server, layer), layer_file(layered, layer), expected)
 
 
-def test_change_map_rendered(layered_server, layered):
-    import numpy as np
-    import rasterio
-
-    item = "L7-olinda-r0c1--L7-olinda-r0c1"
-    status, _, body = get(layered_server, f"/api/render/change/{item}.png")
-    assert status == 200
-    rgba = _png(body)
-    with rasterio.open(layered / "change" / item / f"{item}.tif") as src:
+def test_change_map_reprojected(layered_server, layered):
+    """An item against itself: distance 0 everywhere (the ramp's first colour), transparent at NaN."""
+    layer = listed(layered_server)[0]
+    with rasterio.open(layer_file(layered, layer)) as src:
         distances = src.read(1)
-    assert rgba.shape == (*distances.shape, 4)
-    valid = ~np.isnan(distances)
-    assert (rgba[..., 3] == valid * 255).all() and valid.any()
+    assert np.nanmax(distances) == 0 and np.isfinite(distances).any()
+
+    def expected(row, col):
+        return (*render.RAMP[0].astype(int), 255) if np.isfinite(distances[row, col]) else (0, 0, 0, 0)
+
+    assert_placed(layer, drawn(layered_server, layer), layer_file(layered, layer), expected)
 
 
 @pytest.mark.parametrize("path", [
@@ -390,6 +462,59 @@ def test_change_map_rendered(layered_server, layered):
 def test_bad_render_paths_are_404_json(layered_server, path):
     status, message = get_error(layered_server, path)
     assert status == 404, message
+
+
+def test_layers_found_after_start(out, tmp_path, monkeypatch):
+    """A cluster run written into the catalog while the server is up is listed on the next call,
+    for a local catalog and one over HTTP alike."""
+    from stacembed.analysis.change import change_catalog
+    from stacembed.analysis.cluster import cluster_catalog
+
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    loopback_environment(monkeypatch)
+    with serve_directory(copy) as (base, _), running(copy) as local, running(f"{base}/catalog.json") as remote:
+        assert listed(local) == listed(remote) == []
+        cluster_catalog(copy, k=2, seed=0, out=copy, progress=False)
+        expected = [("clusters-k2", f"L7-olinda-r{r}c{c}") for r in (0, 1) for c in (0, 1)]
+        for server in (local, remote):
+            layers = listed(server)
+            assert [(layer["collection"], layer["id"]) for layer in layers] == expected
+            assert get(server, layers[0]["image"])[:2] == (200, "image/png")
+        change_catalog(copy, before="L7-olinda-r1c1", after="L7-olinda-r1c1", out=copy, progress=False)
+        assert len(listed(local)) == len(listed(remote)) == len(expected) + 1
+
+
+# -- a catalog over HTTP --------------------------------------------------------------------------
+
+def test_http_catalog_drawn_as_local(layered, layered_server, monkeypatch):
+    """Served over HTTP, the catalog lists the same layers and quicklooks, drawn byte for byte as
+    from disk, its COGs read by GDAL in byte ranges."""
+    loopback_environment(monkeypatch)
+    with serve_directory(layered) as (base, requests), running(f"{base}/catalog.json") as server:
+        layers = listed(server)
+        assert layers == listed(layered_server) and len(layers) == len(CLUSTERS) + 1
+        features = json.loads(get(server, "/api/items")[2])["features"]
+        assert features == json.loads(get(layered_server, "/api/items")[2])["features"]
+        overlays = [*layers, *(feature["properties"]["quicklook"] for feature in features)]
+        for overlay in overlays:
+            assert get(server, overlay["image"])[2] == get(layered_server, overlay["image"])[2]
+    assert any(path.endswith(".tif") and ranged for _, path, ranged in requests)
+
+
+def test_http_errors_hold_no_credentials(layered, tmp_path, monkeypatch, caplog):
+    """Credentials in the catalog's URL go with its requests, never into an error or a log line."""
+    copy = tmp_path / "copy"
+    shutil.copytree(layered, copy)
+    change = copy / "change" / CHANGE[2] / f"{CHANGE[2]}.tif"
+    change.unlink()
+    loopback_environment(monkeypatch)
+    with serve_directory(copy) as (base, _), \
+            running(base.replace("http://", "http://user:s3cret-word@") + "/catalog.json") as server:
+        assert [layer["id"] for layer in listed(server)] == [layer[2] for layer in CLUSTERS]  # not the change
+        status, message = get_error(server, f"/api/render/change/{CHANGE[2]}.png")
+        assert status == 400 and "cannot read" in message and "***@127.0.0.1" in message
+    assert "s3cret" not in message and "s3cret" not in caplog.text and "***@127.0.0.1" in caplog.text
 
 
 def test_layers_in_browser(layered_server):

@@ -1,33 +1,36 @@
 """`stacembed explore`: a local web server and map page over an embeddings catalog, offline.
 
-The page (``static/index.html``, ``app.js``, ``app.css``) draws each embedding item's quicklook
-(its ``thumbnail`` PNG) as a Leaflet image overlay at the item's WGS84 bbox, on a plain
-background: no base map tiles, no CDN; Leaflet is vendored under ``static/vendor/leaflet``. The
-PNG is on the item's native CRS grid, so in lon/lat it is placed approximately (exact for a
-north-up grid in a lon/lat CRS; otherwise stretched to the bbox): good enough for a quicklook.
-A click on the map asks ``/api/similar`` for the chips most like the one under the point.
+The page (``static/index.html``, ``app.js``, ``app.css``) draws each embedding item's quicklook,
+and the catalog's cluster and change maps, as Leaflet image overlays on a plain background: no
+base map tiles, no CDN; Leaflet is vendored under ``static/vendor/leaflet``. Every image is
+reprojected here into Web Mercator (``render``), so that it sits where it is whatever its CRS. A
+click on the map asks ``/api/similar`` for the chips most like the one under the point.
 
 Endpoints (GET only):
 
 - ``/`` the page; ``/static/<path>`` its files (only files under ``static/``).
 - ``/api/items`` GeoJSON FeatureCollection of the embedding items: bbox polygon, ``id``,
-  ``collection``, ``datetime``, ``bbox`` and ``thumbnail`` (its URL here, or null).
-- ``/api/thumbnail/<item>`` the item's thumbnail PNG.
+  ``collection``, ``datetime``, ``bbox`` and ``quicklook`` (``{image, bounds}``: its PNG's URL
+  here and the lon/lat bounds of that image, or null).
+- ``/api/quicklook/<item>.png`` the item's ``overview`` COG (PCA as RGB with alpha) as drawn; an
+  item without one gets its ``thumbnail`` PNG stretched to its bbox (placed approximately).
 - ``/api/layers`` the catalog's ``stacembed cluster`` and ``stacembed change`` items (in
   collections beside the embeddings, e.g. ``--out`` the embeddings' own directory): a JSON list
-  of ``{kind: "cluster"|"change", collection, id, label, bbox (WGS84), image}``.
-- ``/api/render/<collection>/<item>.png`` such an item's COG as an RGBA PNG: a class map in its
-  colour table, transparent at nodata; a change map on a fixed ramp over [0, max] ([0, 1] when
-  the max is 0), transparent where NaN. Rendered on request (at most ``MAX_RENDER`` pixels a side).
+  of ``{kind: "cluster"|"change", collection, id, label, image, bounds}``. They are found again
+  whenever the catalog's document has changed (a run linked a new collection into it), so a
+  run written while the server is up shows on the next call.
+- ``/api/render/<collection>/<item>.png`` such an item's COG as drawn: a class map in its colour
+  table, a change map on a fixed ramp (``render``).
 - ``/api/similar?lon=..&lat=..&k=..`` the ``k`` (default 10, at most ``MAX_K``) chips most like
   the chip under the point (``Query.from_point``, ``similar``), as a GeoJSON FeatureCollection
   of chip footprints with ``rank``, ``similarity``, ``id``, ``item``, ``collection``,
   ``source_item``, ``chip_row``, ``chip_col``, ``datetime``; ``query`` names the query chip.
 
-Errors are JSON ``{"error": "<one line>"}`` with a 4xx status (5xx for the unexpected). Paths
-are never built from request text: item ids are looked up among the catalog's items, static
-paths must resolve under ``static/``, and a thumbnail (a layer's COG) is served (rendered) only
-when its asset is a local ``.png`` (``.tif``) file inside the catalog's directory.
+The catalog may be local or served over http(s); its rasters are read by GDAL (``render``).
+Errors are JSON ``{"error": "<one line>"}`` (URLs redacted) with a 4xx status (5xx for the
+unexpected). Paths are never built from request text: item ids are looked up among the
+catalog's items, static paths must resolve under ``static/``, and an asset is drawn only when
+its href is an http(s) URL or a file inside the catalog's directory.
 
 The server is the standard library's ``http.server.ThreadingHTTPServer``: a single-user tool on
 loopback needs no more, and it adds no dependency (starlette/uvicorn are test-only here). It
@@ -37,12 +40,13 @@ network.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
+import threading
 import webbrowser
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -50,24 +54,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-import numpy as np
 import pystac
 import shapely
 import shapely.geometry
 
-from ..embeddings import EmbeddingCatalog, _embedding_hrefs, is_url, open_embeddings
+from ..access import Access, redact_text
+from ..embeddings import EmbeddingCatalog, EmbeddingItem, _embedding_hrefs, is_url, open_embeddings
 from ..errors import StacembedError
+from . import render
+from .render import Source
 
 log = logging.getLogger("stacembed")
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_K = 10
 MAX_K = 200
-THUMBNAIL = "thumbnail"
-CLASS_ASSET, CHANGE_ASSET = "classes", "change"  # stacembed.analysis.cluster / .change
-MAX_RENDER = 2048
-# The change ramp (distance 0 -> max): dark blue, teal, green, yellow (viridis-like stops).
-RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
+THUMBNAIL, OVERVIEW = "thumbnail", "overview"  # stacembed.analysis.quicklook
+ASSETS = {"cluster": "classes", "change": "change"}  # the drawn asset of each kind (analysis.cluster / .change)
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8", ".png": "image/png", ".json": "application/json",
@@ -83,124 +86,130 @@ class RequestError(Exception):
         self.status = status
 
 
+@dataclass(frozen=True)
+class Layer:
+    """A cluster or change item of the catalog, drawn from ``source``."""
+
+    kind: str
+    collection: str
+    id: str
+    label: str
+    source: Source
+
+
 class Explorer:
-    """What the server knows of one catalog: its embedding items, opened once."""
+    """What the server knows of one catalog: its embedding items (read once) and its layers."""
 
     def __init__(self, catalog_href: str | Path):
         self.catalog: EmbeddingCatalog = open_embeddings(catalog_href)
-        self.items = {item.id: item for item in self.catalog}
         href = self.catalog.href
         self.root = None if is_url(href) else Path(href).resolve().parent
-        self.layers = self._find_layers()
+        self.stac_io = Access().stac_io(href)
+        self.quicklooks = {item.id: self._quicklook(item) for item in self.catalog}
+        self._lock = threading.Lock()
+        self._document: str | None = None  # the catalog's text when ``_layers`` were found
+        self._layers: dict[tuple[str, str], Layer] = {}
 
-    def thumbnail_path(self, item_id: str) -> Path | None:
-        """The item's thumbnail PNG when it is a local file inside the catalog's directory."""
-        item = self.items.get(item_id)
-        return self._local_asset(item.stac_item, THUMBNAIL, (".png",)) if item else None
-
-    def _local_asset(self, stac_item: pystac.Item, key: str, suffixes: tuple[str, ...]) -> Path | None:
-        asset = stac_item.assets.get(key)
-        if asset is None or self.root is None:
-            return None
-        href = asset.get_absolute_href()
-        if not href or is_url(href) or href.startswith("file:"):
-            return None
-        path = Path(href).resolve()
-        if path.suffix.lower() not in suffixes or not path.is_relative_to(self.root) or not path.is_file():
-            return None
-        return path
-
-    def _find_layers(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """The cluster and change items of the catalog, by (collection, item id); none when the
-        catalog is remote or cannot be read again."""
-        if self.root is None:
-            return {}
-        try:
-            stac = pystac.read_file(self.catalog.href)
-            candidates = [] if isinstance(stac, pystac.Item) else stac.get_items(recursive=True)
-            found = {}
-            for item in candidates:
-                kind = _layer_kind(item)
-                bbox = _wgs84_bbox(item.bbox)
-                if kind is None or bbox is None or item.collection_id is None:
-                    continue
-                path = self._local_asset(item, CLASS_ASSET if kind == "cluster" else CHANGE_ASSET, (".tif", ".tiff"))
-                if path is None:
-                    continue
-                collection = item.collection_id
-                label = collection.replace("-", " ") if kind == "cluster" or collection.startswith("change") \
-                    else f"change {collection}"
-                found[(collection, item.id)] = {
-                    "kind": kind, "collection": collection, "id": item.id, "label": label, "bbox": bbox,
-                    "image": f"/api/render/{quote(collection, safe='')}/{quote(item.id, safe='')}.png",
-                    "path": path,
-                }
-            return found
-        except Exception as exc:  # the embeddings were read; layers are extra
-            log.warning("explore: no cluster/change layers: %s", _one_line(exc))
-            return {}
-
-    def layers_json(self) -> list[dict[str, Any]]:
-        return [{key: value for key, value in layer.items() if key != "path"} for layer in self.layers.values()]
+    def quicklook_png(self, item_id: str) -> bytes:
+        if item_id not in self.quicklooks:
+            raise RequestError(HTTPStatus.NOT_FOUND, f"no embedding item {item_id!r} in the catalog")
+        source = self.quicklooks[item_id]
+        if source is None:
+            raise RequestError(HTTPStatus.NOT_FOUND, f"item {item_id!r} has no overview or thumbnail to draw")
+        return render.png(source)
 
     def render(self, collection: str, item_id: str) -> bytes:
-        """The layer's COG as an RGBA PNG (see the module's description)."""
-        import rasterio
-        from PIL import Image
-
-        layer = self.layers.get((collection, item_id))
+        layer = self.layers().get((collection, item_id))
         if layer is None:
             raise RequestError(HTTPStatus.NOT_FOUND, f"no cluster or change item {item_id!r} in {collection!r}")
-        with rasterio.open(layer["path"]) as src:
-            scale = max(src.height, src.width) / MAX_RENDER
-            shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale))) if scale > 1 \
-                else (src.height, src.width)
-            data = src.read(1, out_shape=shape)
-            if layer["kind"] == "cluster":
-                lut = np.zeros((256, 4), dtype=np.uint8)
-                try:
-                    for value, colour in src.colormap(1).items():
-                        lut[value] = colour
-                except ValueError:  # no colour table: grey levels
-                    lut[:, :3] = np.arange(256, dtype=np.uint8)[:, None]
-                    lut[:, 3] = 255
-                if src.nodata is not None:
-                    lut[int(src.nodata), 3] = 0
-                rgba = lut[data.astype(np.uint8)]
-            else:
-                valid = np.isfinite(data)
-                if src.nodata is not None and not np.isnan(src.nodata):
-                    valid &= data != src.nodata
-                top = float(data[valid].max()) if valid.any() else 0.0
-                top = top if top > 0 else 1.0
-                t = np.clip(np.where(valid, data, 0) / top, 0, 1) * (len(RAMP) - 1)
-                stops = np.arange(len(RAMP))
-                rgba = np.zeros((*data.shape, 4), dtype=np.uint8)
-                for band in range(3):
-                    rgba[..., band] = np.round(np.interp(t, stops, RAMP[:, band])).astype(np.uint8)
-                rgba[..., 3] = np.where(valid, 255, 0)
-        buffer = io.BytesIO()
-        Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
-        return buffer.getvalue()
+        return render.png(layer.source)
+
+    def layers(self) -> dict[tuple[str, str], Layer]:
+        """The catalog's cluster and change items by (collection, item id); found again when the
+        catalog's document is not what it was (one small read a call); none when unreadable."""
+        with self._lock:
+            try:
+                document = self.stac_io.read_text(self.catalog.href)
+                if document != self._document:
+                    self._layers, self._document = self._find_layers(document), document
+            except Exception as exc:  # the embeddings were read; layers are extra
+                log.warning("explore: no cluster/change layers: %s", _one_line(exc))
+                self._layers, self._document = {}, None
+            return self._layers
+
+    def _find_layers(self, document: str) -> dict[tuple[str, str], Layer]:
+        stac = pystac.read_dict(json.loads(document), href=self.catalog.href, stac_io=self.stac_io)
+        items = [] if isinstance(stac, pystac.Item) else stac.get_items(recursive=True)
+        layers = (self._layer(item) for item in items)
+        return {(layer.collection, layer.id): layer for layer in layers if layer is not None}
+
+    def _layer(self, item: pystac.Item) -> Layer | None:
+        kind = _layer_kind(item)
+        href = self._href(item, ASSETS[kind]) if kind else None
+        collection = item.collection_id
+        if href is None or collection is None:
+            return None
+        label = collection.replace("-", " ") if kind == "cluster" or collection.startswith("change") \
+            else f"change {collection}"
+        return Layer(kind, collection, item.id, label, Source(href, kind))
+
+    def _quicklook(self, item: EmbeddingItem) -> Source | None:
+        """The item's overview COG; without one, its thumbnail PNG, which has no georeferencing,
+        stretched to the item's bbox (exact for a north-up lon/lat grid only: approximate)."""
+        overview = self._href(item.stac_item, OVERVIEW)
+        if overview is not None:
+            return Source(overview, "quicklook")
+        thumbnail, bbox = self._href(item.stac_item, THUMBNAIL), _wgs84_bbox(item.bbox)
+        return Source(thumbnail, "quicklook", tuple(bbox)) if thumbnail and bbox else None
+
+    def _href(self, item: pystac.Item, key: str) -> str | None:
+        """The asset's absolute href when it may be drawn: an http(s) URL, or a file inside the
+        catalog's directory (a catalog may name any path; no other file is read)."""
+        asset = item.assets.get(key)
+        href = asset.get_absolute_href() if asset is not None else None
+        if not href or is_url(href):
+            return href or None
+        path = Path(href).resolve()
+        inside = self.root is not None and path.is_relative_to(self.root) and path.is_file()
+        return str(path) if inside else None
+
+    def _overlay(self, source: Source | None, image: str) -> dict[str, Any] | None:
+        """``{image, bounds}`` for the page, or None (with a warning) when the source is unreadable."""
+        if source is None:
+            return None
+        try:
+            return {"image": image, "bounds": list(render.bounds(source))}
+        except StacembedError as exc:
+            log.warning("explore: not drawn: %s", _one_line(exc))
+            return None
+
+    def layers_json(self) -> list[dict[str, Any]]:
+        found = []
+        for layer in self.layers().values():
+            image = f"/api/render/{quote(layer.collection, safe='')}/{quote(layer.id, safe='')}.png"
+            overlay = self._overlay(layer.source, image)
+            if overlay is not None:
+                found.append({"kind": layer.kind, "collection": layer.collection, "id": layer.id,
+                              "label": layer.label, **overlay})
+        return found
 
     def items_geojson(self) -> dict[str, Any]:
         features = []
         for item in self.catalog:
-            bbox = item.bbox
-            if not bbox or len(bbox) < 4:
+            bbox = _wgs84_bbox(item.bbox)
+            if bbox is None:
                 continue
-            west, south, east, north = (bbox[0], bbox[1], bbox[3], bbox[4]) if len(bbox) == 6 else bbox
             features.append({
                 "type": "Feature",
                 "id": item.id,
-                "geometry": shapely.geometry.mapping(shapely.box(west, south, east, north)),
+                "geometry": shapely.geometry.mapping(shapely.box(*bbox)),
                 "properties": {
                     "id": item.id,
                     "collection": item.collection_id,
                     "datetime": _iso(item.datetime),
-                    "bbox": [west, south, east, north],
-                    "thumbnail": f"/api/thumbnail/{quote(item.id, safe='')}"
-                    if self.thumbnail_path(item.id) else None,
+                    "bbox": bbox,
+                    "quicklook": self._overlay(self.quicklooks[item.id],
+                                               f"/api/quicklook/{quote(item.id, safe='')}.png"),
                 },
             })
         return {"type": "FeatureCollection", "features": features}
@@ -249,22 +258,13 @@ class ExplorerHandler(BaseHTTPRequestHandler):
             self._file(_static_file(unquote(path[len("/static/"):])))
         elif path == "/api/items":
             self._json(explorer.items_geojson())
-        elif path.startswith("/api/thumbnail/"):
-            item_id = unquote(path[len("/api/thumbnail/"):])
-            if item_id not in explorer.items:
-                raise RequestError(HTTPStatus.NOT_FOUND, f"no embedding item {item_id!r} in the catalog")
-            found = explorer.thumbnail_path(item_id)
-            if found is None:
-                raise RequestError(HTTPStatus.NOT_FOUND, f"item {item_id!r} has no local thumbnail PNG")
-            self._file(found)
+        elif path.startswith("/api/quicklook/"):
+            self._bytes(explorer.quicklook_png(_png_name(path, path[len("/api/quicklook/"):])), "image/png")
         elif path == "/api/layers":
             self._json(explorer.layers_json())
         elif path.startswith("/api/render/"):
-            rest = path[len("/api/render/"):]
-            collection, _, name = rest.partition("/")
-            if not name.endswith(".png"):
-                raise RequestError(HTTPStatus.NOT_FOUND, f"not found: {path}")
-            self._bytes(explorer.render(unquote(collection), unquote(name[:-len(".png")])), "image/png")
+            collection, _, name = path[len("/api/render/"):].partition("/")
+            self._bytes(explorer.render(unquote(collection), _png_name(path, name)), "image/png")
         elif path == "/api/similar":
             lon, lat, k = _similar_params(parse_qs(url.query))
             self._json(explorer.similar_geojson(lon, lat, k))
@@ -327,9 +327,9 @@ def serve(catalog_href: str | Path, host: str = "127.0.0.1", port: int = 0, *, o
     """Serve ``catalog_href`` until interrupted (Ctrl-C); ``echo`` the page's URL, and open it in a
     browser (``webbrowser.open``) unless ``open_browser`` is false."""
     server = make_server(catalog_href, host, port)
+    catalog = server.explorer.catalog
     try:
-        echo(f"stacembed explore: {len(server.explorer.items)} items of {server.explorer.catalog.href} "
-             f"at {server.url} (Ctrl-C stops)")
+        echo(f"stacembed explore: {len(catalog)} items of {redact_text(catalog.href)} at {server.url} (Ctrl-C stops)")
         if open_browser:
             webbrowser.open(server.url)
         server.serve_forever()
@@ -345,6 +345,13 @@ def _static_file(relative: str) -> Path:
     if not path.is_relative_to(root) or not path.is_file():
         raise RequestError(HTTPStatus.NOT_FOUND, f"no static file {relative!r}")
     return path
+
+
+def _png_name(path: str, name: str) -> str:
+    """The id in ``name``, ``<id>.png`` (percent-decoded); else the ``path`` asked for is not found."""
+    if not name.endswith(".png"):
+        raise RequestError(HTTPStatus.NOT_FOUND, f"not found: {path}")
+    return unquote(name[:-len(".png")])
 
 
 def _similar_params(query: dict[str, list[str]]) -> tuple[float, float, int]:
@@ -373,10 +380,10 @@ def _layer_kind(item: pystac.Item) -> str | None:
     ``stacembed change``, else None (an embedding item, or anything else)."""
     if _embedding_hrefs(item):
         return None
-    classes = item.assets.get(CLASS_ASSET)
+    classes = item.assets.get(ASSETS["cluster"])
     if classes is not None and "classification:classes" in classes.extra_fields:
         return "cluster"
-    if CHANGE_ASSET in item.assets:
+    if ASSETS["change"] in item.assets:
         return "change"
     return None
 
@@ -392,5 +399,5 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = " ".join(redact_text(str(exc)).split())
     return text or type(exc).__name__

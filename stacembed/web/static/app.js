@@ -21,6 +21,12 @@
     statusEl.classList.toggle("error", Boolean(error));
   }
 
+  // [west, south, east, north] (lon/lat) as Leaflet bounds. The server's images are on a Web
+  // Mercator grid, which Leaflet stretches linearly between these: placed exactly.
+  function latLngBounds([w, s, e, n]) {
+    return L.latLngBounds([s, w], [n, e]);
+  }
+
   async function getJSON(url) {
     const response = await fetch(url);
     const body = await response.json();
@@ -31,19 +37,20 @@
   async function loadItems() {
     const collection = await getJSON("/api/items");
     state.items = collection.features;
-    let bounds = null;
+    const bounds = L.latLngBounds([]);  // a copy: extend() moves the corners of the bounds it starts from
     for (const feature of collection.features) {
-      const [w, s, e, n] = feature.properties.bbox;
-      const box = L.latLngBounds([s, w], [n, e]);
-      bounds = bounds ? bounds.extend(box) : box;
+      const box = latLngBounds(feature.properties.bbox);
+      bounds.extend(box);
       L.rectangle(box, { color: "#555", weight: 1, fill: false, interactive: false }).addTo(outlines);
-      if (feature.properties.thumbnail) {
-        const overlay = L.imageOverlay(feature.properties.thumbnail, box, { opacity: 0.9, alt: feature.properties.id });
+      const quicklook = feature.properties.quicklook;
+      if (quicklook) {
+        const overlay = L.imageOverlay(quicklook.image, latLngBounds(quicklook.bounds),
+                                       { opacity: 0.9, alt: feature.properties.id });
         overlay.addTo(quicklooks);
         state.overlays.push(overlay);
       }
     }
-    if (bounds) map.fitBounds(bounds);
+    if (bounds.isValid()) map.fitBounds(bounds);
     const note = await loadLayers();
     setStatus(`${collection.features.length} items${note}. Click the map to search.`);
     document.body.dataset.state = "ready";
@@ -63,8 +70,7 @@
         group = state.layers[layer.label] = L.layerGroup();
         control.addOverlay(group, layer.label);
       }
-      const [w, s, e, n] = layer.bbox;
-      L.imageOverlay(layer.image, L.latLngBounds([s, w], [n, e]), {
+      L.imageOverlay(layer.image, latLngBounds(layer.bounds), {
         opacity: 0.75, pane: "analysis", alt: `${layer.collection}/${layer.id}`, className: `stacembed-${layer.kind}`,
       }).addTo(group);
     }
