@@ -63,7 +63,7 @@ class Source:
 
 
 @functools.lru_cache(maxsize=4096)
-def bounds(source: Source) -> tuple[float, float, float, float]:
+def raster_bounds(source: Source) -> tuple[float, float, float, float]:
     """(west, south, east, north), lon/lat, of the edges of the source's Web Mercator image; only
     its header is read."""
     with _opened(source) as (ds, grid):

@@ -61,8 +61,7 @@ import shapely.geometry
 from ..access import Access, redact_text
 from ..embeddings import EmbeddingCatalog, EmbeddingItem, _embedding_hrefs, is_url, open_embeddings
 from ..errors import StacembedError
-from . import render
-from .render import Source
+from .render import Source, png, raster_bounds
 
 log = logging.getLogger("stacembed")
 
@@ -116,13 +115,13 @@ class Explorer:
         source = self.quicklooks[item_id]
         if source is None:
             raise RequestError(HTTPStatus.NOT_FOUND, f"item {item_id!r} has no overview or thumbnail to draw")
-        return render.png(source)
+        return png(source)
 
     def render(self, collection: str, item_id: str) -> bytes:
         layer = self.layers().get((collection, item_id))
         if layer is None:
             raise RequestError(HTTPStatus.NOT_FOUND, f"no cluster or change item {item_id!r} in {collection!r}")
-        return render.png(layer.source)
+        return png(layer.source)
 
     def layers(self) -> dict[tuple[str, str], Layer]:
         """The catalog's cluster and change items by (collection, item id); found again when the
@@ -178,7 +177,7 @@ class Explorer:
         if source is None:
             return None
         try:
-            return {"image": image, "bounds": list(render.bounds(source))}
+            return {"image": image, "bounds": list(raster_bounds(source))}
         except StacembedError as exc:
             log.warning("explore: not drawn: %s", _one_line(exc))
             return None
