@@ -4,7 +4,9 @@
 local or over http(s), and lists the embedding items with the facts their collection states
 (``emb:dimensions``, ``emb:type``, ``data_type``, ``emb:chip_layout``). Each item reads its
 GeoParquet (table, GeoDataFrame, vectors, or bounded batches of them) and its COG (numpy or
-xarray, whole or windowed).
+xarray, whole or windowed). ``iter_chips`` reads any item's chips in bounded batches, from its
+GeoParquet or, without one, from its COG (GeoTIFF-only and dense embeddings): the one reading
+path of the analyses.
 
 Vectors always come back as float32: int8 files are dequantized with the parameters they
 carry (GeoParquet schema metadata ``stacembed:quantization``; GDAL band scales/offsets in the
@@ -14,9 +16,13 @@ themselves are returned as stored, so that they match what any Parquet reader se
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import math
+import os
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,8 +45,10 @@ from rasterio.windows import Window, from_bounds
 
 from .access import Access, redact_text
 from .errors import ReadError
-from .grid import RASTER_ERRORS, gdal_reason
+from .grid import RASTER_ERRORS, Grid, gdal_reason
 from .layout import catalog_file
+from .writers.base import SourceInfo
+from .writers.geoparquet import COLUMNS, chip_columns, footprint_columns, geo_metadata, window_columns
 from .writers.quantize import dequantize
 
 if TYPE_CHECKING:
@@ -52,6 +60,10 @@ QUANTIZATION_KEY = b"stacembed:quantization"
 BATCH_ROWS = 2048
 DOWNLOAD_TIMEOUT = 60.0  # seconds without an answer before a remote GeoParquet read fails
 _FORMAT_NAMES = {"geoparquet": "GeoParquet", "geotiff": "GeoTIFF"}
+_FOOTPRINT_COLUMNS = {"geometry", "bbox", "native_geometry", "native_xmin", "native_ymin", "native_xmax", "native_ymax"}
+# The columns of the chips read from a COG: the GeoParquet's, but the embedding (the vectors) and
+# the valid fraction (which a COG does not record).
+COG_COLUMNS = tuple(name for name in COLUMNS if name not in ("embedding", "valid_fraction"))
 
 
 def open_embeddings(href: str | Path) -> EmbeddingCatalog:
@@ -165,6 +177,95 @@ class EmbeddingItem:
             for batch in reader.iter_batches(batch_size=batch_rows, columns=_including(columns, "embedding")):
                 yield batch, _vectors(batch)
 
+    @property
+    def chips_href(self) -> str:
+        """The file ``iter_chips`` reads: the GeoParquet, else the COG."""
+        return self.hrefs.get("geoparquet") or self._href("geotiff")
+
+    def iter_chips(
+        self, batch_rows: int = BATCH_ROWS, columns: Sequence[str] | None = None,
+        bbox: Sequence[float] | None = None,
+    ) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+        """``(record batch, (rows, D) float32 vectors)`` of the item's chips, whatever it stores.
+
+        From the GeoParquet when the item has one (``iter_batches``); else from the COG (GeoTIFF
+        only, or dense patch embeddings: one chip per pixel), read in windows of whole raster rows
+        (runs along a row, for rasters wider than ``batch_rows``), so that a batch holds at most
+        ``batch_rows`` chips, whatever the raster's size; pixels without a chip are skipped. Chips
+        of a COG carry ``COG_COLUMNS``, named, typed and ordered as in the GeoParquet (id
+        ``<item>_r<row>_c<col>``, ``chip_row``/``chip_col`` the pixel's row and column, footprints
+        of the chip, or of the patch for dense embeddings), with the GeoParquet's ``geo`` schema
+        metadata. ``columns`` (all when None) are the batch's columns; the embedding is the
+        vectors, never a column. ``bbox`` (west, south, east, north in lon/lat) keeps the chips
+        whose footprint's bbox meets it; of a COG only the pixels there are read.
+        """
+        read = columns if bbox is None else _including(columns, "bbox")
+        batches = (self.iter_batches(batch_rows, read) if "geoparquet" in self.hrefs
+                   else self._cog_batches(batch_rows, read, bbox))
+        for batch, vectors in batches:
+            if bbox is not None:
+                mask = footprints_meet(batch, bbox)
+                batch, vectors = batch.filter(pa.array(mask)), vectors[mask]
+            if batch.num_rows:
+                names = batch.schema.names if columns is None else columns
+                yield batch.select([name for name in names if name != "embedding"]), vectors
+
+    def chip(self, row: int, col: int) -> np.ndarray | None:
+        """The float32 vector of chip ``row``, ``col`` (a pixel of the COG: a patch, for dense
+        embeddings) from the file ``iter_chips`` reads; None where no chip was kept."""
+        if "geoparquet" in self.hrefs:
+            for batch, vectors in self.iter_batches(columns=["chip_row", "chip_col"]):
+                found = np.flatnonzero((batch.column("chip_row").to_numpy(zero_copy_only=False) == row)
+                                       & (batch.column("chip_col").to_numpy(zero_copy_only=False) == col))
+                if len(found):
+                    return vectors[found[0]]
+            return None
+        href = self._href("geotiff")
+        with read_errors(href), rasterio.open(href) as ds:
+            if not (0 <= row < ds.height and 0 <= col < ds.width):
+                return None
+            values = _raster_values(ds, Window(col, row, 1, 1))[:, 0, 0]
+        return None if np.isnan(values).all() else values
+
+    def chips_schema(self, columns: Sequence[str] | None = None) -> pa.Schema:
+        """The schema of the batches ``iter_chips`` yields (also for an item without chips)."""
+        if "geoparquet" in self.hrefs:
+            href = self.hrefs["geoparquet"]
+            with read_errors(href), local_copy(href) as path:
+                schema = pq.read_schema(path)
+            names = schema.names if columns is None else columns
+            return pa.schema([schema.field(name) for name in names if name != "embedding"], metadata=schema.metadata)
+        href = self._href("geotiff")
+        with read_errors(href), rasterio.open(href) as ds:
+            nothing = np.zeros(0, "int64")
+            return _CogChips.of(ds, self).batch(nothing, nothing, self._cog_names(columns)).schema
+
+    def _cog_batches(self, batch_rows: int, columns: Sequence[str] | None,
+                     bbox: Sequence[float] | None) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+        """The chips of the COG (of the pixels near ``bbox``), a window of at most ``batch_rows`` pixels at a time."""
+        names = self._cog_names(columns)
+        href = self._href("geotiff")
+        with read_errors(href), rasterio.open(href) as ds:
+            chips = _CogChips.of(ds, self)
+            area = Window(0, 0, ds.width, ds.height) if bbox is None else chips.area(ds, bbox)
+            for window in _row_windows(area, batch_rows) if area is not None else ():
+                values = _raster_values(ds, window)
+                kept = ~np.isnan(values).all(axis=0)
+                rows, cols = np.nonzero(kept)
+                yield (chips.batch(rows + window.row_off, cols + window.col_off, names),
+                       np.ascontiguousarray(values[:, kept].T))
+
+    def _cog_names(self, columns: Sequence[str] | None) -> list[str]:
+        """``columns`` (``COG_COLUMNS`` when None) without ``embedding``; a ``ReadError`` for any
+        a COG does not tell."""
+        if columns is None:
+            return list(COG_COLUMNS)
+        unknown = [name for name in columns if name not in COG_COLUMNS and name != "embedding"]
+        if unknown:
+            raise ReadError(f"item {self.id!r} has GeoTIFF embeddings only: its chips have no column "
+                            f"{', '.join(map(repr, unknown))} (they have {', '.join(COG_COLUMNS)})")
+        return [name for name in columns if name != "embedding"]
+
     def array(
         self, window: Window | None = None, bbox: Sequence[float] | None = None,
     ) -> tuple[np.ndarray, Affine, CRS]:
@@ -197,9 +298,100 @@ class EmbeddingItem:
         if fmt in self.hrefs:
             return self.hrefs[fmt]
         present = ", ".join(_FORMAT_NAMES[f] for f in self.hrefs)
-        hint = ("dense embeddings (emb:type pixel) are GeoTIFF only: use array() or grid()" if self.kind == "pixel"
-                else f"rerun stacembed with --format {fmt}")
+        hint = (f"rerun stacembed with --format {fmt}" if self.kind != "pixel"
+                else "dense embeddings (emb:type pixel) are GeoTIFF only: use iter_chips(), array() or grid()")
         raise ReadError(f"item {self.id!r} has no {_FORMAT_NAMES[fmt]} embeddings, only {present}; {hint}")
+
+
+@dataclass(frozen=True)
+class _CogChips:
+    """How the pixels of an embeddings COG become chip rows like the GeoParquet's: the source
+    item the writer recorded (GeoTIFF tags ``STAC_ITEM_ID``, ``STAC_COLLECTION``, ``STAC_DATETIME``;
+    else the embedding item's id and datetime), and the grid of which a pixel's footprint is a
+    window (``col_off``, ``row_off``, ``width``, ``height``): ``size`` x ``size`` source pixels
+    every ``stride`` (tags ``CHIP_SIZE``/``CHIP_STRIDE``, else ``emb:chip_layout``), or the pixel
+    itself, of the patch grid (dense embeddings: a pixel is a patch)."""
+
+    source: SourceInfo
+    grid: Grid
+    size: int
+    stride: int
+    metadata: dict[bytes, bytes]
+
+    @classmethod
+    def of(cls, ds: rasterio.DatasetReader, item: EmbeddingItem) -> _CogChips:
+        from pyproj import CRS as ProjCRS
+
+        tags = ds.tags()
+        moment = item.datetime.isoformat() if item.datetime else None
+        source = SourceInfo(tags.get("STAC_ITEM_ID") or item.id, tags.get("STAC_COLLECTION") or None,
+                            tags.get("STAC_DATETIME") or moment, {})
+        layout = item.chip_layout or {}
+        size, stride = (_last(tags.get("CHIP_SIZE") or layout.get("chip_size")),
+                        _last(tags.get("CHIP_STRIDE") or layout.get("stride")))
+        if item.kind == "pixel" or not size or not stride:
+            size = stride = 1
+        t = ds.transform
+        a, e, shift = t.a / stride, t.e / stride, (size - stride) / 2
+        grid = Grid(ds.crs, Affine(a, 0.0, t.c - shift * a, 0.0, e, t.f - shift * e), ds.width * stride,
+                    ds.height * stride)  # the inverse of ``ChipGrid.embedding_grid``
+        metadata = {b"geo": json.dumps(geo_metadata(ProjCRS.from_wkt(ds.crs.to_wkt()))).encode()}
+        return cls(source, grid, size, stride, metadata)
+
+    def batch(self, rows: np.ndarray, cols: np.ndarray, names: Sequence[str]) -> pa.RecordBatch:
+        """The chip rows of pixels ``rows``, ``cols``: the columns ``names``."""
+        col_off, row_off = cols * self.stride, rows * self.stride
+        columns = {**chip_columns(self.source, rows, cols), **window_columns(col_off, row_off, self.size)}
+        if _FOOTPRINT_COLUMNS.intersection(names):
+            columns.update(footprint_columns(self.grid.footprints(col_off, row_off, self.size)))
+        return pa.RecordBatch.from_pydict(columns, metadata=self.metadata).select(names)  # n rows, even of no column
+
+    def area(self, ds: rasterio.DatasetReader, bbox: Sequence[float]) -> Window | None:
+        """The pixels whose footprint may meet ``bbox`` (lon/lat): those it touches, and as many
+        around as a chip reaches past its pixel; None when none."""
+        touched = _bbox_window(ds, bbox)
+        full = Window(0, 0, ds.width, ds.height)
+        if touched is None:  # not placeable in the COG's CRS: read all, the footprints decide
+            return full
+        margin = 1 + math.ceil((self.size - self.stride) / 2 / self.stride)
+        grown = Window(touched.col_off - margin, touched.row_off - margin, touched.width + 2 * margin,
+                       touched.height + 2 * margin)
+        try:
+            return full.intersection(grown)
+        except WindowError:
+            return None
+
+
+def _last(value: Any) -> int | None:
+    """An integer setting that may be a list (``emb:chip_layout``'s are [rows, cols])."""
+    if isinstance(value, list | tuple):
+        value = value[-1] if value else None
+    return int(value) if value else None
+
+
+def _row_windows(area: Window, positions: int) -> Iterator[Window]:
+    """``area`` in row-major windows of at most ``positions`` pixels (at least one): whole rows
+    when one fits, else runs along each row."""
+    col, row, width, height = (int(v) for v in (area.col_off, area.row_off, area.width, area.height))
+    if width <= positions:
+        step = positions // width
+        for top in range(row, row + height, step):
+            yield Window(col, top, width, min(step, row + height - top))
+        return
+    for top in range(row, row + height):
+        for left in range(col, col + width, positions):
+            yield Window(left, top, min(positions, col + width - left), 1)
+
+
+def footprints_meet(data: pa.Table | pa.RecordBatch, bbox: Sequence[float]) -> np.ndarray:
+    """The mask of the rows of ``data`` whose footprint's bbox (the ``bbox`` covering column)
+    meets ``bbox`` (west, south, east, north in lon/lat)."""
+    west, south, east, north = bbox
+    box = data.column("bbox")
+    parts = [pc.struct_field(box, name) for name in ("xmin", "ymin", "xmax", "ymax")]
+    mask = pc.and_(pc.and_(pc.less_equal(parts[0], east), pc.greater_equal(parts[2], west)),
+                   pc.and_(pc.less_equal(parts[1], north), pc.greater_equal(parts[3], south)))
+    return pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
 
 
 def read_geoparquet(href: str | Path) -> tuple[pa.Table, np.ndarray]:
@@ -260,19 +452,28 @@ def _window(ds: rasterio.DatasetReader, window: Window | None, bbox: Sequence[fl
     """The pixels to read: all, ``window``, or every pixel that ``bbox`` (lon/lat) touches."""
     if window is not None and bbox is not None:
         raise ValueError("give window or bbox, not both")
-    if bbox is not None:
-        bounds = transform_bounds(CRS.from_user_input("OGC:CRS84"), ds.crs, *bbox)
-        (top, bottom), (left, right) = from_bounds(*bounds, transform=ds.transform).toranges()
-        col, row = math.floor(left), math.floor(top)
-        window = Window(col, row, math.ceil(right) - col, math.ceil(bottom) - row)
     full = Window(0, 0, ds.width, ds.height)
-    if window is None:
+    if window is None and bbox is None:
         return full
+    asked = window if bbox is None else _bbox_window(ds, bbox)
     try:
-        return full.intersection(window)
+        if asked is not None:
+            return full.intersection(asked)
     except WindowError:
-        asked = f"bbox {list(bbox)}" if bbox is not None else f"window {window}"
-        raise ReadError(f"{asked} does not overlap the embeddings grid of item {item_id!r}") from None
+        pass
+    described = f"bbox {list(bbox)}" if bbox is not None else f"window {window}"
+    raise ReadError(f"{described} does not overlap the embeddings grid of item {item_id!r}")
+
+
+def _bbox_window(ds: rasterio.DatasetReader, bbox: Sequence[float]) -> Window | None:
+    """The pixels (unclipped) that ``bbox`` (lon/lat) touches; None when it has no finite
+    bounds in the COG's CRS."""
+    bounds = transform_bounds(CRS.from_user_input("OGC:CRS84"), ds.crs, *bbox)
+    if not all(math.isfinite(v) for v in bounds):
+        return None
+    (top, bottom), (left, right) = from_bounds(*bounds, transform=ds.transform).toranges()
+    col, row = math.floor(left), math.floor(top)
+    return Window(col, row, math.ceil(right) - col, math.ceil(bottom) - row)
 
 
 def _including(columns: Sequence[str] | None, name: str) -> list[str] | None:
@@ -299,12 +500,68 @@ def local_copy(href: str) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="stacembed-") as tmp:
         path = str(Path(tmp) / (Path(urlparse(href).path).name or "embeddings"))
-        session = Access(timeout=DOWNLOAD_TIMEOUT).session(href)  # retries, as every STAC read
-        with session.get(href, stream=True) as response, open(path, "wb") as file:
-            response.raise_for_status()
-            for chunk in response.iter_content(1 << 20):
-                file.write(chunk)
+        _download(href, path)
         yield path
+
+
+_CACHE_LOCK = threading.Lock()
+_CACHED: dict[str, tuple[str | None, str]] = {}  # href -> (validator, local path)
+_CACHE_NUMBERS = itertools.count()
+
+
+def cached_copy(href: str) -> str:
+    """A local path of ``href`` that lasts for the rest of the process (the href itself when local).
+
+    For files read again and again (an index and its sidecar, at every query of a long-running
+    ``stacembed explore``): a remote file is downloaded once per validator (its ``ETag``,
+    ``Last-Modified`` and size, asked with a HEAD request), into a temporary directory removed
+    at exit; a file changed on the server is downloaded again, replacing the old copy.
+    """
+    if not is_url(href):
+        return href
+    validator = _validator(href)
+    with _CACHE_LOCK:
+        known = _CACHED.get(href)
+        if known is not None and known[0] == validator and os.path.isfile(known[1]):
+            return known[1]
+        name = Path(urlparse(href).path).name or "file"
+        path = os.path.join(_cache_dir().name, f"{next(_CACHE_NUMBERS)}-{name}")
+        try:
+            _download(href, path)
+        except BaseException:
+            Path(path).unlink(missing_ok=True)
+            raise
+        if known is not None:
+            Path(known[1]).unlink(missing_ok=True)  # a reader that has it open keeps reading it
+        _CACHED[href] = (validator, path)
+        return path
+
+
+@functools.cache
+def _cache_dir() -> tempfile.TemporaryDirectory:
+    """The process's download cache, made at its first download (removed at exit by its finalizer)."""
+    return tempfile.TemporaryDirectory(prefix="stacembed-cache-")
+
+
+def _validator(href: str) -> str | None:
+    """What tells one version of a remote file from another (HEAD's ETag, Last-Modified and
+    Content-Length); None when the server does not answer HEAD (then the href alone is the key)."""
+    try:
+        with Access(timeout=DOWNLOAD_TIMEOUT).session(href).head(href, allow_redirects=True) as response:
+            response.raise_for_status()
+            headers = response.headers
+    except OSError:  # requests' errors are OSErrors
+        return None
+    return json.dumps([headers.get(name) for name in ("ETag", "Last-Modified", "Content-Length")])
+
+
+def _download(href: str, path: str) -> None:
+    """Stream ``href`` into the file ``path`` (retried, as every STAC read)."""
+    session = Access(timeout=DOWNLOAD_TIMEOUT).session(href)
+    with session.get(href, stream=True) as response, open(path, "wb") as file:
+        response.raise_for_status()
+        for chunk in response.iter_content(1 << 20):
+            file.write(chunk)
 
 
 @contextmanager

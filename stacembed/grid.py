@@ -19,7 +19,10 @@ import numpy as np
 import pystac
 import rasterio
 import rasterio.warp
+import shapely
 from affine import Affine
+from pyproj import CRS as ProjCRS
+from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
@@ -77,9 +80,37 @@ class Grid:
         return np.column_stack([np.minimum(left, right), np.minimum(top, bottom),
                                 np.maximum(left, right), np.maximum(top, bottom)])
 
+    def footprints(self, col_off, row_off, size: int) -> Footprints:
+        """The footprints of ``size`` x ``size`` pixel windows at ``col_off``/``row_off`` (arrays):
+        exact pixel edges in the grid's CRS, and in OGC:CRS84 with every edge densified to an
+        eighth of a window first (``shapely.segmentize``), so that a footprint keeps its shape."""
+        bounds = self.windows_bounds(col_off, row_off, size, size).reshape(-1, 4)
+        native = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
+        dense = shapely.segmentize(native, size * abs(self.transform.a) / 8) if len(native) else native
+        to_crs84 = _crs84_transformer(self.crs.to_wkt())
+        crs84 = shapely.transform(dense, lambda xy: np.column_stack(to_crs84.transform(xy[:, 0], xy[:, 1])))
+        return Footprints(bounds, native, crs84, shapely.bounds(crs84).reshape(-1, 4))
+
     def check_north_up(self, what: str) -> None:
         if self.transform.b != 0 or self.transform.d != 0 or self.transform.e >= 0:
             raise ReadError(f"{what} is not on a north-up grid (rotated or flipped); it is not supported")
+
+
+@dataclass(frozen=True)
+class Footprints:
+    """Footprints of pixel windows: ``bounds`` (n, 4: minx, miny, maxx, maxy) and ``native``
+    polygons in the grid's CRS; ``crs84`` polygons in OGC:CRS84 and their ``boxes`` (n, 4)."""
+
+    bounds: np.ndarray
+    native: np.ndarray
+    crs84: np.ndarray
+    boxes: np.ndarray
+
+
+@functools.lru_cache(maxsize=64)
+def _crs84_transformer(wkt: str) -> Transformer:
+    """lon/lat from the CRS of ``wkt`` (pyproj's transformers are thread-safe)."""
+    return Transformer.from_crs(ProjCRS.from_wkt(wkt), "OGC:CRS84", always_xy=True)
 
 
 def read_grid(href: str) -> Grid:

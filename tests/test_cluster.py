@@ -200,7 +200,6 @@ def test_bad_input_is_one_line(runs, tmp_path, cli):
 
     source = Path(__file__).resolve().parents[1] / "catalogs" / "sample" / "catalog.json"
     assert "holds no embedding items" in error(source, "--k", "3", "--out", tmp_path / "x")
-    assert "holds GeoTIFF embeddings only" in error(runs["tiff-only"], "--k", "3", "--out", tmp_path / "x")
     assert "--k 37 is more than the 36 chips" in error(runs["sample"], "--k", "37", "--out", tmp_path / "x")
     assert "--k must be between 1 and 255" in error(runs["sample"], "--k", "256", "--out", tmp_path / "x")
     assert "give the number of clusters" in error(runs["sample"], "--out", tmp_path / "x")
@@ -276,3 +275,30 @@ def test_without_the_sources_proj_fields_the_grid_ends_at_the_last_chip(runs, tm
     assert result.chips == reference.chips
     for item_id, values in class_maps(tmp_path / "clusters").items():
         np.testing.assert_array_equal(values, class_maps(tmp_path / "reference")[item_id][:-1])
+
+
+def test_a_geotiff_only_catalog_gives_the_clusters_of_its_geoparquet(runs, tmp_path):
+    """Chips read from the COGs (no GeoParquet) are the GeoParquet's: the same centroids, class
+    maps and labels tables; the item without a chip still gets its (empty) class map and table."""
+    tiff = cluster_catalog(runs["tiff-only"], k=3, seed=2, out=tmp_path / "tiff", progress=False)
+    parquet = cluster_catalog(runs["parquet-only"], k=3, seed=2, out=tmp_path / "parquet", progress=False)
+    assert tiff.chips == parquet.chips == 15 + 10
+    np.testing.assert_array_equal(tiff.centroids.values, parquet.centroids.values)
+    maps_tiff, maps_parquet = class_maps(tmp_path / "tiff"), class_maps(tmp_path / "parquet")
+    assert list(maps_tiff) == ["item-0", "item-1", "item-empty"] and (maps_tiff["item-empty"] == NODATA).all()
+    for item_id, values in maps_parquet.items():
+        np.testing.assert_array_equal(maps_tiff[item_id], values)
+    for item_id in maps_tiff:
+        path = next((tmp_path / "tiff").glob(f"*/{item_id}/{item_id}.parquet"))
+        frame, table = gpd.read_parquet(path), pq.read_table(path)
+        assert frame.crs.to_string() == "OGC:CRS84" and len(frame) == table.num_rows
+        if item_id == "item-empty":
+            assert table.num_rows == 0
+            continue
+        expected_path = next((tmp_path / "parquet").glob(f"*/{item_id}/{item_id}.parquet"))
+        expected = pq.read_table(expected_path)
+        assert table.schema.names == expected.schema.names
+        for name in ("id", "chip_row", "chip_col", "cluster", "source_item", "source_collection", "datetime", "bbox"):
+            assert table.column(name).equals(expected.column(name)), name
+        assert all(a.equals_exact(b, 1e-9)
+                   for a, b in zip(frame.geometry, gpd.read_parquet(expected_path).geometry, strict=True))

@@ -7,6 +7,7 @@ from the STAC items' own ``emb:quantization``; never from stacembed's readers.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -15,11 +16,11 @@ import pytest
 import rasterio
 from conftest import make_catalog, make_item
 from geopandas.testing import assert_geodataframe_equal
-from range_http import serve
+from range_http import loopback_environment, serve
 from rasterio.windows import Window
 
 from stacembed import RunConfig, run
-from stacembed.embeddings import open_embeddings, read_geoparquet, read_geotiff
+from stacembed.embeddings import cached_copy, open_embeddings, read_geoparquet, read_geotiff
 from stacembed.errors import ReadError
 
 RUNS = {
@@ -202,6 +203,20 @@ def test_a_served_catalog_reads_like_the_same_catalog_on_disk(runs, monkeypatch)
         assert any(r[1].endswith(".tif") and r[2] for r in log)  # the COG was read by ranges, in place
         with pytest.raises(ReadError, match="cannot read STAC"):
             open_embeddings(f"{url}/missing/catalog.json")
+
+
+def test_a_cached_copy_is_downloaded_once_per_version_of_the_file(tmp_path, monkeypatch):
+    loopback_environment(monkeypatch)
+    (tmp_path / "index.bin").write_bytes(b"first")
+    with serve(tmp_path) as (url, log):
+        first = cached_copy(f"{url}/index.bin")
+        assert cached_copy(f"{url}/index.bin") == first and open(first, "rb").read() == b"first"
+        (tmp_path / "index.bin").write_bytes(b"second version")  # another size: another version
+        second = cached_copy(f"{url}/index.bin")
+        assert second != first and open(second, "rb").read() == b"second version"
+        assert not Path(first).exists() and cached_copy(f"{url}/index.bin") == second
+    assert [command for command, _, _ in log].count("GET") == 2
+    assert cached_copy(str(tmp_path / "index.bin")) == str(tmp_path / "index.bin")  # a local file is itself
 
 
 def test_what_is_not_an_embeddings_catalog_is_a_one_line_read_error(runs, source, tmp_path):

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import shapely
 from conftest import make_catalog, make_item
-from range_http import serve
+from range_http import loopback_environment, serve
 
 from stacembed import RunConfig, run
 from stacembed.analysis.index import build_index, check_index, open_index
@@ -225,6 +225,17 @@ def test_a_served_catalog_searches_like_the_one_on_disk(indexed, monkeypatch):
     assert keys(remote) == keys(local) == keys(remote_exact)
 
 
+def test_a_served_index_is_downloaded_once_for_many_searches(indexed, monkeypatch):
+    loopback_environment(monkeypatch)
+    vectors, _ = chips(indexed)
+    with serve(indexed) as (url, log):
+        for key in (list(vectors)[3], list(vectors)[20], list(vectors)[3]):
+            table = similar(f"{url}/catalog.json", Query.from_chip(*key), k=3)
+            assert set(search_metadata(table)["search"].values()) == {"index"} and keys(table)[0] == key
+    downloads = [path for command, path, _ in log if command == "GET" and "/index-" in path]
+    assert sorted(path.rsplit(".", 1)[-1] for path in downloads) == ["faiss", "parquet"]
+
+
 @pytest.mark.parametrize("suffix", [".parquet", ".geojson", ".csv"])
 def test_every_output_format_opens_with_common_readers(runs, cli, tmp_path, suffix):
     vectors, shapes = chips(runs["float32"])
@@ -310,7 +321,7 @@ def test_bad_input_is_one_line(runs, cli, tmp_path):
     one_line_error(cli("similar", out, "--point", "10,10"), "outside every chip")
     one_line_error(cli("similar", out, "--chip", key, "--k", "37"), "--k 37 is more than the 36 chips")
     one_line_error(cli("similar", out, "--chip", key, "--k", "0"), "--k must be a positive")
-    one_line_error(cli("similar", out, "--chip", "nope:0:0"), "no chip embeddings item 'nope'")
+    one_line_error(cli("similar", out, "--chip", "nope:0:0"), "no embeddings item 'nope'")
     one_line_error(cli("similar", out, "--chip", key.rsplit(":", 2)[0] + ":9:9"), "has no chip at row 9")
     one_line_error(cli("similar", out, "--chip", key, "--negative", key), "zero vector")
     one_line_error(cli("similar", out), "at least one positive")
@@ -327,13 +338,6 @@ def test_bad_input_is_one_line(runs, cli, tmp_path):
     one_line_error(cli("similar", mixed, "--geometry", inside), "mixes chips of different embedding")
     one_line_error(cli("similar", mixed, "--chip", key), "another model or dimensions than the query's")
     assert cli("similar", mixed, "--chip", key, "--collection", original).exit_code == 0
-    dense = tmp_path / "dense"
-    shutil.copytree(out, dense)
-    collection_file = next(dense.glob("*/collection.json"))
-    collection = json.loads(collection_file.read_text())
-    collection["emb:type"] = "pixel"
-    collection_file.write_text(json.dumps(collection))
-    one_line_error(cli("similar", dense, "--chip", key), "does not support dense ones yet")
 
 
 def test_api_queries_parse_and_combine():

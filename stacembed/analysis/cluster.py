@@ -1,8 +1,9 @@
 """Streaming k-means over the chip embeddings of a catalog, published as class maps in STAC.
 
-``cluster_catalog(catalog, k=..., out=...)`` reads every chip vector twice, a GeoParquet row
-group at a time (``EmbeddingItem.iter_batches``), so memory is bounded by the batch, never by
-the catalog:
+``cluster_catalog(catalog, k=..., out=...)`` reads every chip vector twice, in bounded batches
+(``EmbeddingItem.iter_chips``: a GeoParquet row group at a time, or windows of the COG of a
+GeoTIFF-only or dense item, whose chips are its pixels: patches, for dense embeddings), so memory
+is bounded by the batch, never by the catalog:
 
 1. **fit**: scikit-learn's ``MiniBatchKMeans.partial_fit`` on chunks of the vectors, in catalog
    order, seeded (``seed``): the same catalog and arguments give the same centroids;
@@ -10,11 +11,12 @@ the catalog:
    that labelling with stored centroids, ``--apply``, gives the same labels as the run that
    fitted them).
 
-Per embedding item it writes a class map (a uint8 COG on the item's chip grid, 255 where no
-chip was kept, with a colour table) and the cluster of every chip (GeoParquet: the chip's
-footprint, chip_row, chip_col, source item, cluster), published as one STAC item with the
-classification extension v2.0.0 (``classification:classes``: value, name, title, colour, count)
-linked ``derived_from`` its embedding item. The collection holds the centroids
+Per embedding item it writes a class map (a uint8 COG on the item's embedding grid: chips, or
+patches for dense embeddings; 255 where no chip was kept, with a colour table) and the cluster
+of every chip (GeoParquet: the chip's footprint, chip_row, chip_col, source item, cluster),
+published as one STAC item with the classification extension v2.0.0
+(``classification:classes``: value, name, title, colour, count) linked ``derived_from`` its
+embedding item. The collection holds the centroids
 (``centroids.parquet``: k rows of D float32, with the model they belong to), so that
 ``centroids=`` labels another catalog of the same model with the same clusters.
 """
@@ -32,13 +34,13 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ..embeddings import EmbeddingItem, local_copy, open_embeddings, read_errors
+from ..embeddings import EmbeddingItem, is_url, local_copy, open_embeddings, read_errors
 from ..errors import ConfigError, ReadError
 from ..grid import Grid
+from .chipmap import Layer, map_chips
 from .derived import (
     COG,
     FILE,
@@ -73,9 +75,6 @@ CENTROIDS_KEY = b"stacembed:centroids"
 CENTROIDS_ROLE = "centroids"
 CLASS_ASSET, LABELS_ASSET = "classes", "labels"
 # The columns of an embeddings GeoParquet that the labels file keeps, with the cluster.
-_KEPT_COLUMNS = ("id", "geometry", "bbox", "chip_row", "chip_col", "source_item", "source_collection", "datetime")
-
-
 @dataclass(frozen=True)
 class Centroids:
     """k centroids in one embedding space: ``values`` (k, D) float32, the model they belong to
@@ -185,11 +184,6 @@ def cluster_catalog(
     they are) labels with those instead of fitting."""
     items = list(open_embeddings(catalog))
     what = f"catalog {catalog}"
-    for item in items:
-        if "geoparquet" not in item.hrefs:
-            kind = "dense patch embeddings (emb:type pixel)" if item.kind == "pixel" else "GeoTIFF embeddings only"
-            raise AnalysisError(f"item {item.id!r} holds {kind}: `stacembed cluster` reads chip vectors from "
-                                "GeoParquet (stacembed run --format geoparquet)")
     model = one_model(items, what)
     given = None
     if centroids is not None:
@@ -222,7 +216,7 @@ def fit_centroids(
 
     The vectors are fitted in chunks of ``max(batch_rows, 3k)`` (the first must hold at least k
     for k-means++ to start), in catalog order; with the same ``seed`` the same items give the
-    same centroids.
+    same centroids, whichever file (GeoParquet or COG) their chips are read from.
     """
     from sklearn.cluster import MiniBatchKMeans
 
@@ -290,11 +284,12 @@ def _check_k(k: int) -> None:
 
 def _chip_count(items: Sequence[EmbeddingItem]) -> int | None:
     """Chips in the items' GeoParquet files, from their footers (local files only; None when
-    any file is remote: it is not downloaded an extra time to count)."""
+    any file is remote, not downloaded an extra time to count, or any item has no GeoParquet:
+    counting a COG's chips would read it whole)."""
     total = 0
     for item in items:
-        href = item._href("geoparquet")
-        if urlparse(href).scheme in ("http", "https"):
+        href = item.hrefs.get("geoparquet")
+        if href is None or is_url(href):
             return None
         with read_errors(href):
             total += pq.ParquetFile(href).metadata.num_rows
@@ -303,21 +298,23 @@ def _chip_count(items: Sequence[EmbeddingItem]) -> int | None:
 
 def _vectors(items: Sequence[EmbeddingItem], batch_rows: int, bar: tqdm) -> Iterator[np.ndarray]:
     for item in items:
-        for _, vectors in item.iter_batches(batch_rows, columns=[]):
+        for _, vectors in item.iter_chips(batch_rows, columns=[]):
             bar.update(len(vectors))
             yield vectors
 
 
 def _chunks(batches: Iterator[np.ndarray], rows: int) -> Iterator[np.ndarray]:
-    """The batches regrouped into chunks of at least ``rows`` vectors (the last may be fewer)."""
+    """The batches regrouped into chunks of exactly ``rows`` vectors (the last may be fewer), so
+    that the fit does not depend on how the files are batched."""
     pending: list[np.ndarray] = []
     count = 0
     for batch in batches:
         pending.append(batch)
         count += len(batch)
-        if count >= rows:
-            yield np.concatenate(pending)
-            pending, count = [], 0
+        while count >= rows:
+            joined = np.concatenate(pending)
+            yield joined[:rows]
+            pending, count = [joined[rows:]], count - rows
     if count:
         yield np.concatenate(pending)
 
@@ -335,81 +332,13 @@ def _label_items(output: DerivedOutput, items: Sequence[EmbeddingItem], centroid
             except NoChipError as exc:
                 log.warning("%s: no class map for it", exc)
                 continue
-            classes, labelled = _label_item(item, centroids, grid, output.asset_path(item_id, "geoparquet"),
-                                            batch_rows, bar)
-            chips += labelled
-            _write_item(output, item_id, item, centroids, grid, classes)
+            made = map_chips(item, grid, output.asset_path(item_id, "geoparquet"),
+                             lambda vectors: {"cluster": centroids.label(vectors)},
+                             layers=[Layer("cluster", "uint8", NODATA)], columns={"cluster": pa.uint8()},
+                             batch_rows=batch_rows, on_batch=bar.update)
+            chips += made.chips
+            _write_item(output, item_id, item, centroids, grid, made.maps["cluster"][0])
     return chips
-
-
-def _label_item(item: EmbeddingItem, centroids: Centroids, grid: Grid, labels_path: Path, batch_rows: int,
-                bar: tqdm) -> tuple[np.ndarray, int]:
-    """Label ``item``'s chips a batch at a time: the labels table is written as it goes, the
-    class map (one byte per chip position) is returned."""
-    classes = np.full((grid.height, grid.width), NODATA, "uint8")
-    writer: pq.ParquetWriter | None = None
-    geo: dict[str, Any] = {}
-    extent = [np.inf, np.inf, -np.inf, -np.inf]
-    labelled = 0
-    try:
-        for batch, vectors in item.iter_batches(batch_rows, columns=list(_KEPT_COLUMNS)):
-            labels = centroids.label(vectors)
-            rows, cols = batch.column("chip_row").to_numpy(), batch.column("chip_col").to_numpy()
-            inside = (rows >= 0) & (rows < grid.height) & (cols >= 0) & (cols < grid.width)
-            classes[rows[inside], cols[inside]] = labels[inside]
-            table = pa.Table.from_batches([batch]).drop_columns(["embedding"])
-            table = table.append_column("cluster", pa.array(labels, pa.uint8()))
-            if not geo:
-                geo = _labels_geo(batch.schema.metadata)
-            if writer is None:
-                writer = _labels_writer(labels_path, table.schema)
-            writer.write_table(table, row_group_size=len(table))
-            extent = _grown(extent, table)
-            labelled += len(labels)
-            bar.update(len(labels))
-        if writer is None:  # no chip kept: an empty table of the same columns
-            writer, geo = _empty_labels(item, labels_path)
-        if np.isfinite(extent).all():
-            geo["columns"]["geometry"]["bbox"] = [float(v) for v in extent]
-        writer.add_key_value_metadata({"geo": json.dumps(geo)})  # the footer's, final (see _labels_writer)
-    finally:
-        if writer is not None:
-            writer.close()
-    return classes, labelled
-
-
-def _labels_geo(metadata: dict[bytes, bytes] | None) -> dict[str, Any]:
-    """The labels table's ``geo`` metadata: the embeddings file's, for its ``geometry`` column."""
-    geo = json.loads((metadata or {}).get(b"geo", b"{}"))
-    column = dict(geo.get("columns", {}).get("geometry") or {"encoding": "WKB", "geometry_types": ["Polygon"]})
-    column.pop("bbox", None)
-    return {"version": geo.get("version", "1.1.0"), "primary_column": "geometry", "columns": {"geometry": column}}
-
-
-def _grown(extent: list[float], table: pa.Table) -> list[float]:
-    if "bbox" not in table.column_names or table.num_rows == 0:
-        return extent
-    box = table.column("bbox").combine_chunks()
-    values = [pc.min(box.field("xmin")).as_py(), pc.min(box.field("ymin")).as_py(),
-              pc.max(box.field("xmax")).as_py(), pc.max(box.field("ymax")).as_py()]
-    return [min(extent[0], values[0]), min(extent[1], values[1]), max(extent[2], values[2]), max(extent[3], values[3])]
-
-
-def _empty_labels(item: EmbeddingItem, path: Path) -> tuple[pq.ParquetWriter, dict[str, Any]]:
-    href = item._href("geoparquet")
-    with read_errors(href), local_copy(href) as local:
-        schema = pq.read_schema(local)
-    kept = [schema.field(name) for name in _KEPT_COLUMNS if name in schema.names]
-    geo = _labels_geo(schema.metadata)
-    return _labels_writer(path, pa.schema([*kept, pa.field("cluster", pa.uint8())])), geo
-
-
-def _labels_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
-    """A zstd Parquet writer for the labels table, whose ``geo`` metadata is added to the footer
-    when it is complete (its ``bbox`` covers every chip written). Without the Arrow schema copy
-    (``store_schema=False``; every column is a plain Parquet type): pyarrow would read the
-    metadata of that copy, made when the file is opened, before the footer's."""
-    return pq.ParquetWriter(path, schema.remove_metadata(), compression="zstd", store_schema=False)
 
 
 def _write_item(output: DerivedOutput, item_id: str, item: EmbeddingItem, centroids: Centroids, grid: Grid,
@@ -436,7 +365,7 @@ def _write_item(output: DerivedOutput, item_id: str, item: EmbeddingItem, centro
                     extensions=[CLASSIFICATION, PROJECTION, FILE, PROCESSING], assets=assets, sources=[item])
 
 
-_CLASS_MAP_TITLE = "Cluster of each chip (uint8 class map on the embeddings' chip grid; 255: no chip)"
+_CLASS_MAP_TITLE = "Cluster of each chip (uint8 class map on the embeddings' grid of chips or patches; 255: no chip)"
 _LABELS_TITLE = "Cluster of each chip (GeoParquet: footprint, chip_row, chip_col, source item, cluster)"
 
 

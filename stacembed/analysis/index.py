@@ -1,15 +1,16 @@
 """Approximate nearest-neighbour indexes of an embeddings collection, for ``similar``.
 
-``build_index(catalog)`` writes, next to each chip-embeddings collection's ``collection.json``:
+``build_index(catalog)`` writes, next to each embeddings collection's ``collection.json`` (chip or
+dense, GeoParquet or GeoTIFF only: the chips ``EmbeddingItem.iter_chips`` reads):
 
 - ``index-<digest>.faiss``: a FAISS ``IndexHNSWFlat`` (inner product over unit vectors, i.e.
   cosine), in FAISS's own file format (``faiss.write_index``; nothing is pickled);
 - ``index-<digest>.parquet``: its sidecar, one row per index position: the chip (``id``,
-  ``item``, ``row`` in the item's GeoParquet, ``chip_row``/``chip_col``, source item and
+  ``item``, ``row`` in the item's chips (``iter_chips`` order), ``chip_row``/``chip_col``, source item and
   collection, ``datetime``, WGS84 ``geometry`` and ``bbox``), so a search answers from the
   index alone, and filters by bbox, datetime and item without reading the items. Its schema
-  metadata ``stacembed:index`` records what the index was built from: each item's id and
-  GeoParquet checksum (``file:checksum``), the model and the dimensions;
+  metadata ``stacembed:index`` records what the index was built from: each item's id and the
+  checksum (``file:checksum``) of the file its chips are read from, the model and the dimensions;
 
 and registers both as collection assets (``index``, ``index-chips``; role ``index``) through an
 atomic rewrite of ``collection.json``. ``<digest>`` is the digest of the items, so an index and
@@ -19,6 +20,8 @@ An index is *stale* when an item it would search is not in it with the same chec
 was added or embedded again): ``open_index`` then returns None (``similar`` scans that
 collection exactly, with a warning) and ``build_index`` rebuilds it. Items of the index that a
 search leaves out (filters, a catalog opened at one item) are masked, not a reason to rebuild.
+Over http(s) the index and its sidecar are downloaded once per process and version of the files
+(``embeddings.cached_copy``), not at every search.
 
 Why FAISS and not USearch, measured on this project's 2-core machine with 200,000 x 384
 clustered unit vectors (200 classes x 20 sub-classes on a 48-dimensional manifold, plus noise;
@@ -51,11 +54,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,7 +67,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .._version import __version__
-from ..embeddings import BATCH_ROWS, EmbeddingCatalog, EmbeddingItem, is_url, local_copy, open_embeddings, read_errors
+from ..embeddings import BATCH_ROWS, EmbeddingCatalog, EmbeddingItem, cached_copy, is_url, open_embeddings, read_errors
 from ..errors import ConfigError, OutputError, ReadError
 from ..layout import atomic_path, file_sha256, write_json
 from .derived import describe_model, model_of
@@ -77,10 +77,10 @@ from .scan import (
     Filters,
     TopK,
     catalog_order,
-    chip_items,
     chip_rows,
     cosine,
     scan,
+    select_items,
 )
 
 log = logging.getLogger("stacembed")
@@ -134,16 +134,16 @@ class IndexReport:
 # -- fingerprints ---------------------------------------------------------------------------------
 
 def fingerprint(item: EmbeddingItem) -> str:
-    """What identifies the contents of ``item``'s GeoParquet: its ``file:checksum``, else the
-    SHA-256 of the file (local) or its size and href (remote)."""
+    """What identifies the contents of the file ``item``'s chips are read from (its GeoParquet,
+    else its COG): its ``file:checksum``, else the SHA-256 of the file (local) or its size and
+    href (remote)."""
+    href = item.chips_href
     asset = next((a for key, a in item.stac_item.assets.items()
-                  if (key == "embeddings" or key.startswith("embeddings-"))
-                  and a.get_absolute_href() == item.hrefs.get("geoparquet")), None)
+                  if (key == "embeddings" or key.startswith("embeddings-")) and a.get_absolute_href() == href), None)
     fields = asset.extra_fields if asset is not None else {}
     if fields.get("file:checksum"):
         return str(fields["file:checksum"])
-    href = item.hrefs.get("geoparquet", "")
-    if href and not is_url(href):
+    if not is_url(href):
         with read_errors(href):
             return "1220" + file_sha256(Path(href))
     return f"size:{fields.get('file:size')}:{href}"
@@ -160,10 +160,10 @@ def build_index(
     catalog: str | Path | EmbeddingCatalog, *, collections: Sequence[str] = (), force: bool = False,
     batch_rows: int = BATCH_ROWS,
 ) -> list[IndexReport]:
-    """Build (or keep, when up to date and not ``force``) the index of each chip-embeddings
+    """Build (or keep, when up to date and not ``force``) the index of each embeddings
     collection of a local ``catalog``; one report per collection."""
     catalog = catalog if isinstance(catalog, EmbeddingCatalog) else open_embeddings(catalog)
-    items = chip_items(catalog, collections)
+    items = select_items(catalog, collections)
     reports = []
     for collection_id, group in _collections(items):
         reports.append(_build_one(collection_id, group, force, batch_rows))
@@ -177,7 +177,7 @@ def _build_one(collection_id: str, items: list[EmbeddingItem], force: bool, batc
         raise ConfigError(f"collection {collection_id!r} is not a local file: an index is written next to its "
                           "collection.json, so build it on a local copy of the catalog")
     # Every item of the collection, also when the catalog was opened at one of them.
-    items = chip_items(open_embeddings(collection_file))
+    items = select_items(open_embeddings(collection_file))
     models = {json.dumps(model_of(item), sort_keys=True) for item in items}
     if len(models) > 1:
         raise ConfigError(f"collection {collection_id!r} mixes embeddings of different models or dimensions: "
@@ -207,7 +207,7 @@ def _build_one(collection_id: str, items: list[EmbeddingItem], force: bool, batc
         with pq.ParquetWriter(sidecar_tmp, SIDECAR_SCHEMA, compression="zstd") as writer:
             for item in items:
                 offset = 0
-                for batch, vectors in item.iter_batches(batch_rows, columns=SCAN_COLUMNS):
+                for batch, vectors in item.iter_chips(batch_rows, columns=SCAN_COLUMNS):
                     if dims is None:
                         dims = vectors.shape[1]
                     if vectors.shape[1] != dims:
@@ -288,27 +288,16 @@ def _register(collection_file: Path, index_path: Path, sidecar_path: Path, metad
 class ChipIndex:
     """An opened, up-to-date index of one collection, restricted to the items searched."""
 
-    def __init__(self, index: Any, sidecar_path: str, metadata: dict[str, Any], items: Sequence[EmbeddingItem],
-                 cleanup: Any = None) -> None:
+    def __init__(self, index: Any, sidecar_path: str, metadata: dict[str, Any], items: Sequence[EmbeddingItem]) -> None:
         self.index = index
         self.sidecar = pq.ParquetFile(sidecar_path)
         self.metadata = metadata
         self.item_ids = [item.id for item in items]
         self.indexed_ids = [entry[0] for entry in metadata["items"]]
-        self._cleanup = cleanup
         self._filter_columns: pa.Table | None = None
 
     def close(self) -> None:
         self.sidecar.close()
-        if self._cleanup is not None:
-            self._cleanup.cleanup()
-            self._cleanup = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     @property
     def size(self) -> int:
@@ -406,55 +395,40 @@ def open_index(items: Sequence[EmbeddingItem]) -> ChipIndex | None:
         log.warning("the index of collection %s names %s, which is missing: searching it exactly; run "
                     "`stacembed index` to rebuild it", collection.id, missing[0])
         return None
-    with read_errors(sidecar_href), _fetched(sidecar_href) as (sidecar_path, sidecar_tmp):
+    with read_errors(sidecar_href):
+        sidecar_path = cached_copy(sidecar_href)
         metadata = json.loads((pq.read_metadata(sidecar_path).metadata or {}).get(INDEX_METADATA_KEY, b"{}"))
-        indexed = {item_id: value for item_id, value in metadata.get("items", [])}
-        changed = [item.id for item in items if indexed.get(item.id) != fingerprint(item)]
-        if changed:
-            log.warning("the index of collection %s is stale (%d item(s) added or changed since it was built, "
-                        "e.g. %s): searching it exactly; run `stacembed index` to rebuild it",
-                        collection.id, len(changed), changed[0])
-            return None
-        model = model_of(items[0])
-        if metadata.get("model") != model:
-            log.warning("the index of collection %s was built for %s, not %s: searching it exactly",
-                        collection.id, describe_model(metadata.get("model") or {}), describe_model(model))
-            return None
-        metadata["collection"] = collection.id
-        index = _read_index(index_href)
-        if index.ntotal != metadata.get("chips"):
-            raise ReadError(f"index {index_href} holds {index.ntotal} vectors, its sidecar {metadata.get('chips')}: "
-                            "rebuild it with `stacembed index --force`")
-        log.info("searching collection %s with its index (%d chips)", collection.id, index.ntotal)
-        return ChipIndex(index, sidecar_path, metadata, items, cleanup=sidecar_tmp)
+    indexed = {item_id: value for item_id, value in metadata.get("items", [])}
+    changed = [item.id for item in items if indexed.get(item.id) != fingerprint(item)]
+    if changed:
+        log.warning("the index of collection %s is stale (%d item(s) added or changed since it was built, "
+                    "e.g. %s): searching it exactly; run `stacembed index` to rebuild it",
+                    collection.id, len(changed), changed[0])
+        return None
+    model = model_of(items[0])
+    if metadata.get("model") != model:
+        log.warning("the index of collection %s was built for %s, not %s: searching it exactly",
+                    collection.id, describe_model(metadata.get("model") or {}), describe_model(model))
+        return None
+    metadata["collection"] = collection.id
+    index = _read_index(index_href)
+    if index.ntotal != metadata.get("chips"):
+        raise ReadError(f"index {index_href} holds {index.ntotal} vectors, its sidecar {metadata.get('chips')}: "
+                        "rebuild it with `stacembed index --force`")
+    log.info("searching collection %s with its index (%d chips)", collection.id, index.ntotal)
+    with read_errors(sidecar_href):
+        return ChipIndex(index, sidecar_path, metadata, items)
 
 
 def _read_index(href: str) -> Any:
     faiss = _faiss()
-    with read_errors(href), local_copy(href) as path:
+    with read_errors(href):
+        path = cached_copy(href)
         try:
             return faiss.read_index(str(path))
         except RuntimeError as exc:
             raise ReadError(f"cannot read index {href}: {str(exc).splitlines()[0] if str(exc) else 'FAISS error'}; "
                             "rebuild it with `stacembed index --force`") from None
-
-
-@contextmanager
-def _fetched(href: str) -> Iterator[tuple[str, Any]]:
-    """A local path of ``href`` kept after the block (the sidecar is read during the search):
-    ``(path, temporary directory to clean up or None)``."""
-    if not is_url(href):
-        yield href, None
-        return
-    tmp = tempfile.TemporaryDirectory(prefix="stacembed-index-")
-    path = os.path.join(tmp.name, "index-chips.parquet")
-    try:
-        with local_copy(href) as downloaded:
-            os.replace(downloaded, path)
-        yield path, tmp
-    except BaseException:
-        tmp.cleanup()
-        raise
 
 
 def _collection_file(item: EmbeddingItem) -> Path | None:
@@ -485,7 +459,7 @@ def check_index(catalog: str | Path | EmbeddingCatalog, *, queries: int = 100, k
     top k that the index finds, over ``queries`` chips drawn at random (each chip's own vector is
     a query; exact search answers all of them in one pass over the items)."""
     catalog = catalog if isinstance(catalog, EmbeddingCatalog) else open_embeddings(catalog)
-    items = chip_items(catalog, collections)
+    items = select_items(catalog, collections)
     order = catalog_order(items)
     rng = np.random.default_rng(seed)
     recalls = {}

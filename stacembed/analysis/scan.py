@@ -1,10 +1,11 @@
-"""The scan every similarity search shares: chips of a catalog streamed by row group, filtered
-by footprint and time, scored by cosine similarity, and a running top-k; used by exact search
-(``similar``) and by the index (``index``), which import it, not each other."""
+"""The scan every similarity search shares: chips of a catalog streamed in bounded batches
+(``EmbeddingItem.iter_chips``: GeoParquet row groups, or windows of a COG for GeoTIFF-only and
+dense embeddings), filtered by footprint and time, scored by cosine similarity, and a running
+top-k; used by exact search (``similar``) and by the index (``index``), which import it, not
+each other."""
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,11 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import Bbox, Interval
-from ..embeddings import BATCH_ROWS, EmbeddingCatalog, EmbeddingItem
+from ..embeddings import BATCH_ROWS, EmbeddingCatalog, EmbeddingItem, footprints_meet
 from ..errors import ConfigError
-
-log = logging.getLogger("stacembed")
-
 
 CHIP_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -59,13 +57,7 @@ class Filters:
 
     def rows(self, data: pa.Table | pa.RecordBatch) -> np.ndarray | None:
         """The mask of the rows of ``data`` that pass (``bbox`` and ``datetime`` columns); None: all."""
-        mask = None
-        if self.bbox is not None:
-            west, south, east, north = self.bbox
-            box = data.column("bbox")
-            parts = [pc.struct_field(box, name) for name in ("xmin", "ymin", "xmax", "ymax")]
-            mask = pc.and_(pc.and_(pc.less_equal(parts[0], east), pc.greater_equal(parts[2], west)),
-                           pc.and_(pc.less_equal(parts[1], north), pc.greater_equal(parts[3], south)))
+        mask = footprints_meet(data, self.bbox) if self.bbox is not None else None
         if self.datetime is not None:
             lo, hi = self.datetime
             times = data.column("datetime")
@@ -74,10 +66,9 @@ class Filters:
                 inside = pc.and_(inside, pc.greater_equal(times, pa.scalar(lo, times.type)))
             if hi is not None:
                 inside = pc.and_(inside, pc.less_equal(times, pa.scalar(hi, times.type)))
-            mask = inside if mask is None else pc.and_(mask, inside)
-        if mask is None:
-            return None
-        return pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+            inside = pc.fill_null(inside, False).to_numpy(zero_copy_only=False)
+            mask = inside if mask is None else mask & inside
+        return mask
 
     @property
     def active(self) -> bool:
@@ -85,12 +76,13 @@ class Filters:
 
 def item_reach(item: EmbeddingItem) -> list[float] | None:
     """Where ``item``'s chips may lie (lon/lat): its bbox grown by one chip, since edge chips
-    extend past the raster; None when that is not known (no bbox, no ``gsd``), so nothing is
-    skipped. One chip is ``chip_size`` x ``gsd`` / ``stride`` metres (``gsd`` is the embeddings')."""
+    extend past the raster; None when that is not known (no bbox, no ``gsd``; dense embeddings,
+    whose ``gsd`` is a patch's), so nothing is skipped. One chip is ``chip_size`` x ``gsd`` /
+    ``stride`` metres (``gsd`` is the embeddings')."""
     bbox, layout = item.bbox, item.chip_layout or {}
     gsd = item.stac_item.properties.get("gsd")
     size, stride = layout.get("chip_size"), layout.get("stride")
-    if not bbox or not gsd or not size or not stride:
+    if not bbox or not gsd or not size or not stride or item.kind == "pixel":
         return None
     size = max(size) if isinstance(size, list | tuple) else size
     stride = min(stride) if isinstance(stride, list | tuple) else stride
@@ -103,8 +95,8 @@ def item_reach(item: EmbeddingItem) -> list[float] | None:
 def boxes_meet(a: Sequence[float], b: Sequence[float]) -> bool:
     return a[0] <= b[2] and a[2] >= b[0] and a[1] <= b[3] and a[3] >= b[1]
 
-def chip_items(catalog: EmbeddingCatalog, collections: Sequence[str] = ()) -> list[EmbeddingItem]:
-    """The chip-embedding items of ``catalog`` in ``collections`` (all when empty), in catalog order."""
+def select_items(catalog: EmbeddingCatalog, collections: Sequence[str] = ()) -> list[EmbeddingItem]:
+    """The embedding items of ``catalog`` (chip or dense) in ``collections`` (all when empty), in catalog order."""
     items = list(catalog)
     if collections:
         known = {item.collection_id for item in items}
@@ -113,14 +105,7 @@ def chip_items(catalog: EmbeddingCatalog, collections: Sequence[str] = ()) -> li
             raise ConfigError(f"{catalog.href} has no embeddings collection {', '.join(map(repr, unknown))}; "
                               f"it has {', '.join(sorted(str(c) for c in known))}")
         items = [item for item in items if item.collection_id in collections]
-    chips = [item for item in items if item.kind != "pixel"]
-    if not chips:
-        raise ConfigError(f"{catalog.href} holds dense embeddings (emb:type pixel) only: similarity search "
-                          "needs chip embeddings (one vector per chip) and does not support dense ones yet")
-    if len(chips) < len(items):
-        log.warning("skipping %d item(s) of dense embeddings (emb:type pixel): not supported by similarity "
-                    "search yet", len(items) - len(chips))
-    return chips
+    return items
 
 def cosine(vectors: np.ndarray, unit_queries: np.ndarray) -> np.ndarray:
     """Cosine similarity of each row of ``vectors`` to unit-length queries: ``(n,)`` for one
@@ -155,7 +140,7 @@ def scan(items: Sequence[EmbeddingItem], order: dict[tuple[str | None, str], int
     matched = 0
     for item in items:
         offset = 0
-        for batch, vectors in item.iter_batches(batch_rows, columns=SCAN_COLUMNS):
+        for batch, vectors in item.iter_chips(batch_rows, columns=SCAN_COLUMNS, bbox=filters.bbox):
             rows = np.arange(offset, offset + batch.num_rows)
             offset += batch.num_rows
             mask = filters.rows(batch)
@@ -178,7 +163,7 @@ def scan(items: Sequence[EmbeddingItem], order: dict[tuple[str | None, str], int
     return matched
 
 def chip_rows(data: pa.Table | pa.RecordBatch, item: EmbeddingItem) -> pa.Table:
-    """Rows of an item's GeoParquet as ``CHIP_SCHEMA`` (columns a file lacks are null)."""
+    """Chip rows of an item (``iter_chips``) as ``CHIP_SCHEMA`` (columns a file lacks are null)."""
     n = data.num_rows
     names = data.schema.names
     columns = []

@@ -11,11 +11,12 @@ chip vector is normalised first, so each counts alike, as cosine similarity sees
 chip_row/chip_col, datetime, WGS84 footprint as WKB), with GeoParquet ``geo`` metadata so that
 ``write_results`` (GeoParquet, GeoJSON, CSV) and geopandas read it as it is.
 
-- **Exact search** streams each item's GeoParquet a row group at a time
-  (``EmbeddingItem.iter_batches``) and keeps a running top-k: ``np.partition`` per batch, merged
-  with the k kept so far. Memory is one batch and k rows, whatever the catalog's size. Filters
-  (``bbox`` on the chip footprints' bbox covering column, ``datetime`` on the ``datetime``
-  column, ``collections`` on the items) drop rows before they are scored.
+- **Exact search** streams each item's chips in bounded batches (``EmbeddingItem.iter_chips``:
+  its GeoParquet a row group at a time, or windows of its COG for GeoTIFF-only and dense
+  embeddings, whose chips are the COG's pixels: patches, for dense ones) and keeps a running
+  top-k: ``np.partition`` per batch, merged with the k kept so far. Memory is one batch and k
+  rows, whatever the catalog's size. Filters (``bbox`` on the chip footprints' bbox, ``datetime``
+  on the ``datetime`` column, ``collections`` on the items) drop rows before they are scored.
 - **Indexed search** (``stacembed.analysis.index``): where a collection carries an up-to-date
   index asset (``stacembed index``), its chips are searched there, unless ``exact=True``; a stale
   index (items changed since it was built) is not used: that collection is scanned instead.
@@ -56,17 +57,16 @@ from .scan import (
     TopK,
     boxes_meet,
     catalog_order,
-    chip_items,
     item_reach,
     scan,
+    select_items,
 )
 
 log = logging.getLogger("stacembed")
 
 RESULT_METADATA_KEY = b"stacembed:similar"
-# The columns a chip keeps in a result, from the GeoParquet stacembed writes (and the index sidecar).
+# The columns a chip keeps in a result, from the chips stacembed writes (and the index sidecar).
 RESULT_SCHEMA = pa.schema([("rank", pa.int32()), ("similarity", pa.float32()), *CHIP_SCHEMA])
-# What exact search reads of each GeoParquet (``embedding`` comes with every batch).
 OUTPUT_SUFFIXES = {".parquet": "geoparquet", ".geoparquet": "geoparquet", ".geojson": "geojson",
                    ".json": "geojson", ".csv": "csv"}
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -249,7 +249,7 @@ def similar(
         raise ConfigError(f"batch_rows must be positive; got {batch_rows!r}")
     filters = Filters(parse_bbox(bbox) if bbox is not None else None,
                       parse_datetime(datetime) if datetime else None)
-    items = chip_items(catalog, (collections,) if isinstance(collections, str) else tuple(collections))
+    items = select_items(catalog, (collections,) if isinstance(collections, str) else tuple(collections))
     query = Query.parse(query) if isinstance(query, str) else query
     resolved = resolve(query, items, batch_rows)
     candidates = [item for item in items if filters.item_may_match(item)]
@@ -325,14 +325,12 @@ def _probe_vector(probe: Probe, items: Sequence[EmbeddingItem],
         item_id, row, col = probe.chip
         item = next((i for i in items if i.id == item_id), None)
         if item is None:
-            raise ConfigError(f"no chip embeddings item {item_id!r} in the catalog (or in --collection)")
-        for batch, vectors in item.iter_batches(batch_rows, columns=["chip_row", "chip_col"]):
-            found = np.flatnonzero((batch.column("chip_row").to_numpy(zero_copy_only=False) == row)
-                                   & (batch.column("chip_col").to_numpy(zero_copy_only=False) == col))
-            if len(found):
-                return _unit(vectors[found[:1]])[0].astype("float64"), [f"{item_id}:{row}:{col}"], [item]
-        raise ConfigError(f"item {item_id!r} has no chip at row {row}, column {col} (it was never cut, "
-                          "or skipped for too little valid data)")
+            raise ConfigError(f"no embeddings item {item_id!r} in the catalog (or in --collection)")
+        vector = item.chip(row, col)
+        if vector is None:
+            raise ConfigError(f"item {item_id!r} has no chip at row {row}, column {col} (it was never cut, "
+                              "or skipped for too little valid data)")
+        return _unit(vector[None])[0].astype("float64"), [f"{item_id}:{row}:{col}"], [item]
     if probe.kind == "point":
         return _point_vector(probe, items, batch_rows)
     return _geometry_vector(probe, items, batch_rows)
@@ -389,16 +387,14 @@ def _geometry_vector(probe: Probe, items: Sequence[EmbeddingItem],
 
 def _chips_near(items: Sequence[EmbeddingItem], bounds: Sequence[float],
                 batch_rows: int) -> Iterator[tuple[EmbeddingItem, pa.RecordBatch, np.ndarray]]:
-    """The batches of chips whose footprint bbox meets ``bounds`` (lon/lat), item by item."""
-    nearby = Filters(bbox=tuple(bounds))
+    """The batches of chips whose footprint bbox meets ``bounds`` (lon/lat), item by item (of a
+    COG, only the pixels there are read)."""
     for item in items:
         reach = item_reach(item)
         if reach is not None and not boxes_meet(reach, bounds):
             continue
-        for batch, vectors in item.iter_batches(batch_rows, columns=["geometry", "bbox", "chip_row", "chip_col"]):
-            mask = nearby.rows(batch)
-            if mask.any():
-                yield item, batch.filter(pa.array(mask)), vectors[mask]
+        for batch, vectors in item.iter_chips(batch_rows, columns=["geometry", "chip_row", "chip_col"], bbox=bounds):
+            yield item, batch, vectors
 
 
 def _label(item: EmbeddingItem, batch: pa.RecordBatch, row: int) -> str:

@@ -20,10 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
-from pyproj import CRS, Transformer
+from pyproj import CRS
 
 from ..chips import ChipBatch, ChipGrid
 from ..errors import ConfigError
+from ..grid import Footprints
 from .base import EmbeddingLayout, SourceInfo
 from .quantize import Quantization, RangeTracker
 
@@ -31,11 +32,13 @@ GEOPARQUET_VERSION = "1.1.0"
 # Batches are buffered into row groups of about this many chips: one row group per batch of 16
 # made files 3x larger than their embeddings and slow to scan; this keeps memory bounded.
 ROW_GROUP_ROWS = 2048
-_RESERVED = {
+# The file's own columns, in order; the source item's properties follow them.
+COLUMNS = (
     "id", "geometry", "bbox", "native_geometry", "embedding", "datetime", "source_item",
     "source_collection", "chip_row", "chip_col", "col_off", "row_off", "width", "height",
     "native_xmin", "native_ymin", "native_xmax", "native_ymax", "valid_fraction",
-}
+)
+_RESERVED = set(COLUMNS)
 
 
 class GeoParquetWriter:
@@ -51,7 +54,6 @@ class GeoParquetWriter:
         self.source = source
         self.dims = embedding.dimensions
         self.native_crs = CRS.from_wkt(chip_grid.grid.crs.to_wkt())
-        self.to_wgs84 = Transformer.from_crs(self.native_crs, "OGC:CRS84", always_xy=True)
         self.constants = _property_columns(source.properties)
         self.writer: pq.ParquetWriter | None = None
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -123,64 +125,89 @@ class GeoParquetWriter:
     def _table(self, rows: np.ndarray, cols: np.ndarray, fractions: np.ndarray, embeddings: np.ndarray) -> pa.Table:
         grid, size, stride = self.chip_grid.grid, self.chip_grid.size, self.chip_grid.stride
         col_off, row_off = cols.astype("int64") * stride, rows.astype("int64") * stride
-        bounds = grid.windows_bounds(col_off, row_off, size, size).reshape(-1, 4)
-        native = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
-        wgs84 = self._to_wgs84(native, min_length=size * abs(grid.transform.a) / 8)
-        boxes = shapely.bounds(wgs84).reshape(-1, 4)
-        self.extent = _grown(self.extent, boxes)
-        self.native_extent = _grown(self.native_extent, bounds)
+        shapes = grid.footprints(col_off, row_off, size)
+        self.extent = _grown(self.extent, shapes.boxes)
+        self.native_extent = _grown(self.native_extent, shapes.bounds)
         n = len(rows)
-        ids = np.char.add(np.char.add(f"{self.source.item_id}_r", rows.astype("U")),
-                          np.char.add("_c", cols.astype("U")))
         columns: dict[str, pa.Array] = {
-            "id": pa.array(ids, pa.string()),
-            "geometry": pa.array(shapely.to_wkb(wgs84), pa.binary()),
-            "bbox": pa.StructArray.from_arrays(
-                [pa.array(boxes[:, i], pa.float64()) for i in range(4)], ["xmin", "ymin", "xmax", "ymax"]
-            ),
-            "native_geometry": pa.array(shapely.to_wkb(native), pa.binary()),
+            **chip_columns(self.source, rows, cols), **window_columns(col_off, row_off, size),
+            **footprint_columns(shapes),
             "embedding": _embedding_column(embeddings, self.dims, embeddings.dtype.name),
-            "datetime": pa.repeat(pa.scalar(_timestamp(self.source.datetime), pa.timestamp("us", tz="UTC")), n),
-            "source_item": pa.repeat(pa.scalar(self.source.item_id, pa.string()), n),
-            "source_collection": pa.repeat(pa.scalar(self.source.collection, pa.string()), n),
-            "chip_row": pa.array(rows, pa.int32()),
-            "chip_col": pa.array(cols, pa.int32()),
-            "col_off": pa.array(col_off, pa.int64()),
-            "row_off": pa.array(row_off, pa.int64()),
-            "width": pa.repeat(pa.scalar(size, pa.int32()), n),
-            "height": pa.repeat(pa.scalar(size, pa.int32()), n),
-            "native_xmin": pa.array(bounds[:, 0]),
-            "native_ymin": pa.array(bounds[:, 1]),
-            "native_xmax": pa.array(bounds[:, 2]),
-            "native_ymax": pa.array(bounds[:, 3]),
             "valid_fraction": pa.array(fractions, pa.float32()),
         }
+        columns = {name: columns[name] for name in COLUMNS}
         for name, (value, dtype) in self.constants.items():
             columns[name] = pa.repeat(pa.scalar(value, dtype), n)
         return pa.table(columns)
 
-    def _to_wgs84(self, polygons: np.ndarray, min_length: float) -> np.ndarray:
-        dense = shapely.segmentize(polygons, min_length) if len(polygons) else polygons
-        return shapely.transform(dense, lambda xy: np.column_stack(self.to_wgs84.transform(xy[:, 0], xy[:, 1])))
-
     def _geo_metadata(self, with_bbox: bool = True) -> dict[str, Any]:
         """The GeoParquet ``geo`` metadata; each column's ``bbox`` covers every footprint written
         (none before the first chip, and none in a file without rows)."""
-        geometry = {
-            "encoding": "WKB",
-            "geometry_types": ["Polygon"],
-            "crs": CRS.from_user_input("OGC:CRS84").to_json_dict(),
-            "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
-        }
-        native = {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": self.native_crs.to_json_dict()}
-        for column, extent in ((geometry, self.extent), (native, self.native_extent)):
-            if with_bbox and np.isfinite(extent).all():
-                column["bbox"] = [float(v) for v in extent]
-        return {
-            "version": GEOPARQUET_VERSION,
-            "primary_column": "geometry",
-            "columns": {"geometry": geometry, "native_geometry": native},
-        }
+        if not with_bbox:
+            return geo_metadata(self.native_crs)
+        return geo_metadata(self.native_crs, self.extent, self.native_extent)
+
+
+def chip_columns(source: SourceInfo, rows: np.ndarray, cols: np.ndarray) -> dict[str, pa.Array]:
+    """``id``, ``datetime``, ``source_item``, ``source_collection``, ``chip_row`` and ``chip_col``
+    of the chips at ``rows``, ``cols`` of ``source``'s chip grid (ids ``<item>_r<row>_c<col>``)."""
+    n = len(rows)
+    ids = np.char.add(np.char.add(f"{source.item_id}_r", rows.astype("U")), np.char.add("_c", cols.astype("U")))
+    return {
+        "id": pa.array(ids, pa.string()),
+        "datetime": pa.repeat(pa.scalar(_timestamp(source.datetime), pa.timestamp("us", tz="UTC")), n),
+        "source_item": pa.repeat(pa.scalar(source.item_id, pa.string()), n),
+        "source_collection": pa.repeat(pa.scalar(source.collection, pa.string()), n),
+        "chip_row": pa.array(rows, pa.int32()),
+        "chip_col": pa.array(cols, pa.int32()),
+    }
+
+
+def window_columns(col_off: np.ndarray, row_off: np.ndarray, size: int) -> dict[str, pa.Array]:
+    """``col_off``, ``row_off``, ``width`` and ``height``: the chips' pixel windows in their source grid."""
+    n = len(col_off)
+    return {
+        "col_off": pa.array(col_off, pa.int64()),
+        "row_off": pa.array(row_off, pa.int64()),
+        "width": pa.repeat(pa.scalar(size, pa.int32()), n),
+        "height": pa.repeat(pa.scalar(size, pa.int32()), n),
+    }
+
+
+def footprint_columns(shapes: Footprints) -> dict[str, pa.Array]:
+    """``geometry`` (OGC:CRS84, WKB), its ``bbox`` covering column, ``native_geometry`` and the
+    native bounds (``native_xmin`` .. ``native_ymax``) of chip footprints."""
+    boxes, bounds = shapes.boxes, shapes.bounds
+    return {
+        "geometry": pa.array(shapely.to_wkb(shapes.crs84), pa.binary()),
+        "bbox": pa.StructArray.from_arrays(
+            [pa.array(boxes[:, i], pa.float64()) for i in range(4)], ["xmin", "ymin", "xmax", "ymax"]
+        ),
+        "native_geometry": pa.array(shapely.to_wkb(shapes.native), pa.binary()),
+        **{f"native_{name}": pa.array(bounds[:, i]) for i, name in enumerate(("xmin", "ymin", "xmax", "ymax"))},
+    }
+
+
+def geo_metadata(native_crs: CRS, extent: list[float] | None = None,
+                 native_extent: list[float] | None = None) -> dict[str, Any]:
+    """GeoParquet ``geo`` metadata of chip tables: ``geometry`` in OGC:CRS84 with its ``bbox``
+    covering, ``native_geometry`` in ``native_crs``; a column's ``bbox`` is its extent, when given
+    and finite."""
+    geometry = {
+        "encoding": "WKB",
+        "geometry_types": ["Polygon"],
+        "crs": CRS.from_user_input("OGC:CRS84").to_json_dict(),
+        "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
+    }
+    native = {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": native_crs.to_json_dict()}
+    for column, box in ((geometry, extent), (native, native_extent)):
+        if box is not None and np.isfinite(box).all():
+            column["bbox"] = [float(v) for v in box]
+    return {
+        "version": GEOPARQUET_VERSION,
+        "primary_column": "geometry",
+        "columns": {"geometry": geometry, "native_geometry": native},
+    }
 
 
 def _grown(extent: list[float], boxes: np.ndarray) -> list[float]:
