@@ -39,6 +39,7 @@ from .config import (
     RunConfig,
 )
 from .errors import StacembedError
+from .learn import SPLITS, TASKS
 
 RUN_EXAMPLES = """
 \b
@@ -230,10 +231,14 @@ def _search_options(func: Callable) -> Callable:
 @click.option("--dry-run", is_flag=True, default=None, help="Print the plan (items, chips, output size) and stop.")
 @click.option("--verify", is_flag=True, default=None,
               help="On a rerun, check the checksums of the finished items it keeps (their sizes are always checked).")
+@click.option("--head", "head", metavar="HEAD",
+              help="Also predict with a head of `stacembed train` (its directory or card): maps added to --out.")
+@click.option("--probabilities", is_flag=True, help="With --head: also write class probabilities.")
 @click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 @click.pass_context
-def run(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool, **flags: Any) -> None:
+def run(ctx: click.Context, config_file: str | None, head: str | None, probabilities: bool, verbose: int,
+        quiet: bool, **flags: Any) -> None:
     """Embed STAC items with a backbone model and publish the embeddings as a STAC catalog."""
     config = _config(ctx, config_file, verbose, quiet, flags)
 
@@ -242,12 +247,19 @@ def run(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool, 
     if config.dry_run:
         _print_plan(pipeline.plan(config), config)
         return
-    summary = pipeline.run(config)
+    if head:
+        from .learn.predict import embed_and_predict
+
+        summary, predicted = embed_and_predict(config, head, probabilities=probabilities)
+    else:
+        summary, predicted = pipeline.run(config), None
     if not quiet:
         click.echo(
             f"{len(summary.items_done)} item(s) embedded ({summary.chips} chips), "
             f"{len(summary.items_resumed)} already done; catalog: {summary.catalog}"
         )
+        if predicted is not None:
+            click.echo(f"{predicted.chips} chips of {len(predicted.items)} item(s) predicted: {predicted.collection}")
         if config.publish:
             click.echo(f"published {summary.published} item(s) to {redact(config.publish)}")
 
@@ -475,11 +487,12 @@ def quicklook_command(ctx: click.Context, catalog: str, refit: bool, sample: int
 @click.pass_context
 def cluster_command(ctx: click.Context, catalog: str, k: int | None, out: str, seed: int, apply_href: str | None,
                     batch_rows: int, output_collection: str | None, verbose: int, quiet: bool) -> None:
-    """Cluster the chip embeddings of CATALOG (k-means, streamed) into class maps published as STAC.
+    """Cluster the embeddings of CATALOG (k-means, streamed) into class maps published as STAC.
 
-    CATALOG is a `stacembed run` output directory, its catalog.json, a collection.json or an item.
-    Per embedding item: a uint8 class map COG on its chip grid (with a colour table) and the
-    cluster of every chip as GeoParquet; the collection stores the centroids for --apply.
+    CATALOG is a `stacembed run` output directory, its catalog.json, a collection.json or an item
+    (chip or dense embeddings, GeoParquet or GeoTIFF). Per embedding item: a uint8 class map COG
+    on its chip grid, or patch grid (with a colour table), and the cluster of every chip or patch
+    as GeoParquet; the collection stores the centroids for --apply.
     """
     ctx.meta["stacembed.verbose"] = verbose > 0
     _setup_logging(verbose, quiet)
@@ -490,6 +503,100 @@ def cluster_command(ctx: click.Context, catalog: str, k: int | None, out: str, s
     if not quiet:
         click.echo(f"{result.chips} chips of {len(result.items)} item(s) in {result.centroids.k} clusters; "
                    f"centroids: {result.centroids_file}; catalog: {result.catalog}")
+
+
+@main.command("train")
+@click.option("--embeddings", required=True, help="Embeddings catalog: a `stacembed run` --out, catalog.json, "
+              "collection.json or item.")
+@click.option("--labels", required=True, help="Labels: a STAC label item or collection, a vector file (GeoJSON, "
+              "GeoParquet, GeoPackage) or a raster (GeoTIFF/COG), in any CRS.")
+@click.option("--label-column", help="The vector file's column of labels (default for STAC: label:properties).")
+@click.option("--task", type=click.Choice(TASKS), default="classification", show_default=True)
+@click.option("--head", "head_name",
+              help="knn (k nearest chips), linear (a probe; the default) or mlp (one hidden layer); "
+                   "decoder for segmentation (the default there).")
+@click.option("--label-scale", type=int,
+              help="Segmentation: label pixels per patch side (default: the patch's size in source pixels).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model directory to write (new).")
+@click.option("--min-label-fraction", type=float, default=0.5, show_default=True,
+              help="Leave out chips whose footprint labels cover less than this share.")
+@click.option("--split", type=click.Choice(SPLITS), default="blocks", show_default=True,
+              help="Hold out whole spatial blocks of chips, or whole items.")
+@click.option("--block-size", type=int, default=8, show_default=True, help="Side of a spatial block, in chips.")
+@click.option("--folds", type=int, help="Cross-validate over K folds of blocks (or items) instead of one split.")
+@click.option("--validation-fraction", type=float, default=0.2, show_default=True,
+              help="Share of the chips held out (one split).")
+@click.option("--balance", type=click.Choice(["weights", "sampling", "none"]), default="weights", show_default=True,
+              help="Skewed classes: inverse-frequency loss weights, balanced sampling, or nothing.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=int, help="Training epochs (linear, mlp; default 50).")
+@click.option("--lr", type=float, help="Learning rate (default 3e-3).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--no-baseline", is_flag=True, help="Do not train the same head on the chips' band means.")
+@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
+@click.pass_context
+def train_command(ctx: click.Context, embeddings: str, labels: str, label_column: str | None, task: str,
+                  head_name: str | None, label_scale: int | None, out: str, min_label_fraction: float, split: str,
+                  block_size: int, folds: int | None, validation_fraction: float, balance: str, seed: int,
+                  epochs: int | None, lr: float | None, device: str, no_baseline: bool, verbose: int,
+                  quiet: bool) -> None:
+    """Train a light head on precomputed embeddings; validated on held-out places, with a baseline.
+
+    Labels are brought onto the chips (majority class or mean value inside each footprint);
+    whole spatial blocks (or items) are held out; the same head on each chip's band means shows
+    what the embeddings add. Writes the head (safetensors), its MLM card, metrics.json, a
+    confusion matrix and the held-out predictions.
+    """
+    ctx.meta["stacembed.verbose"] = verbose > 0
+    _setup_logging(verbose, quiet)
+    from .learn.train import TrainOptions, train
+
+    options = TrainOptions(task=task, head=head_name, label_column=label_column,
+                           min_label_fraction=min_label_fraction, split=split, block_size=block_size, folds=folds,
+                           validation_fraction=validation_fraction, balance=None if balance == "none" else balance,
+                           seed=seed, epochs=epochs, lr=lr, device=device, baseline=not no_baseline,
+                           label_scale=label_scale)
+    result = train(embeddings, labels, out=out, options=options, progress=_progress(quiet))
+    if not quiet:
+        click.echo(_scores_line(result.metrics))
+        click.echo(f"head: {result.card}")
+
+
+def _scores_line(metrics: dict[str, Any]) -> str:
+    keys = ("accuracy", "macro_f1", "miou") if metrics["task"] != "regression" else ("rmse", "mae", "r2")
+    parts = []
+    for part in ("embeddings", "baseline"):
+        scores = metrics.get(part, {})
+        if "n" in scores:
+            shown = ", ".join(f"{key} {scores[key]:.3f}" for key in keys if scores.get(key) is not None)
+            parts.append(f"{part}: {shown}")
+    return f"{metrics['chips']} labelled chips; held out {sum(metrics['validation']['held_out_chips'])}; " + \
+        "; ".join(parts)
+
+
+@main.command("predict")
+@click.option("--embeddings", required=True, help="Embeddings catalog, as for train.")
+@click.option("--model", "head", required=True, help="The head: a `stacembed train` --out directory or its card.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output directory (may be the embeddings' own --out): a collection of predictions is added to it.")
+@click.option("--probabilities", is_flag=True, help="Also write class probabilities (float32 bands).")
+@click.option("--output-collection", help="Id of the output collection (default: predictions-<head>).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
+@click.pass_context
+def predict_command(ctx: click.Context, embeddings: str, head: str, out: str, probabilities: bool,
+                    output_collection: str | None, device: str, verbose: int, quiet: bool) -> None:
+    """Predict every chip of an embeddings catalog with a trained head; maps published as STAC."""
+    ctx.meta["stacembed.verbose"] = verbose > 0
+    _setup_logging(verbose, quiet)
+    from .learn.predict import predict
+
+    result = predict(embeddings, head, out=out, probabilities=probabilities, output_collection=output_collection,
+                     device=device, progress=_progress(quiet))
+    if not quiet:
+        click.echo(f"{result.chips} chips of {len(result.items)} item(s) predicted; catalog: {result.catalog}")
 
 
 @main.command("change")
@@ -589,7 +696,7 @@ def similar_command(ctx: click.Context, catalog: str, points: tuple[str, ...], c
 @click.pass_context
 def index_command(ctx: click.Context, catalog: str, collections: tuple[str, ...], force: bool, check: bool,
                   queries: int, k: int, verbose: int) -> None:
-    """Build the nearest-neighbour index (FAISS HNSW) of each chip-embeddings collection of CATALOG.
+    """Build the nearest-neighbour index (FAISS HNSW) of each embeddings collection of CATALOG.
 
     Written next to each collection.json (index-*.faiss and its chips, index-*.parquet) and
     registered as collection assets; `stacembed similar` then searches it. An index whose items

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,12 +85,13 @@ def plan(config: RunConfig) -> dict:
     }
 
 
-def run(config: RunConfig) -> RunSummary:
+def run(config: RunConfig, *, check: Callable[[Run], None] | None = None) -> RunSummary:
     """Embed every matched item and publish the result as a STAC catalog under ``config.out``.
 
     With ``config.dask_address`` or ``config.workers``, items are embedded on a dask.distributed
     cluster (see ``executors.cluster``). With ``config.publish``, the finished catalog is also
-    sent to that STAC API.
+    sent to that STAC API. ``check`` sees the frozen run (model, parameters) before any pixel
+    is read, and may refuse it: what comes after the run (``run --head``) fails early.
     """
     started = time.perf_counter()
     inputs = Inputs.resolve(config)
@@ -98,6 +99,8 @@ def run(config: RunConfig) -> RunSummary:
     with exclusive(config.out), executor_for(config) as executor:
         embedder, weights = inputs.load_embedder(device=None if executor.embeds_here else "cpu")
         frozen = Run.freeze(inputs, embedder, weights)
+        if check is not None:
+            check(frozen)
         if not executor.embeds_here:
             embedder = None  # it only checked the run: free it before the workers build theirs
         summary = _embed(frozen, executor, embedder)

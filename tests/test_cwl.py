@@ -235,6 +235,7 @@ def test_there_is_a_package_and_a_tool_per_command():
         "stacembed.cwl", "stacembed-search.cwl", "stacembed-publish.cwl",
         "stacembed-models-list.cwl", "stacembed-models-describe.cwl",
         "stacembed-similar.cwl", "stacembed-cluster.cwl", "stacembed-change.cwl",
+        "stacembed-train.cwl", "stacembed-predict.cwl", "stacembed-embed-predict.cwl",
     }
 
 

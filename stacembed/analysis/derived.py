@@ -188,13 +188,17 @@ def describe_grid(grid: Grid) -> str:
 def model_of(item: EmbeddingItem) -> dict[str, Any]:
     """The embedding space of ``item``'s vectors: the model (card name, weights), what was taken
     of its output (pooling, layer) and the dimensions. Items made by one model share it."""
-    parameters = item.stac_item.properties.get("emb:runtime_parameters") or {}
+    return model_identity(item.stac_item.properties.get("emb:runtime_parameters") or {}, item.dimensions)
+
+
+def model_identity(parameters: dict[str, Any], dimensions: int | None) -> dict[str, Any]:
+    """The embedding space that a run's ``emb:runtime_parameters`` and dimensions make."""
     return {
         "model": parameters.get("mlm:name"),
         "weights_sha256": parameters.get("weights_sha256"),
         "pooling": parameters.get("pooling") or "default",
         "layer": parameters.get("layer"),
-        "dimensions": item.dimensions,
+        "dimensions": dimensions,
     }
 
 
@@ -252,18 +256,22 @@ def processing(lineage: str, software: dict[str, str]) -> dict[str, Any]:
 
 # -- files -------------------------------------------------------------------------------------
 
-def write_cog(path: Path, values: np.ndarray, grid: Grid, *, nodata: float, description: str,
+def write_cog(path: Path, values: np.ndarray, grid: Grid, *, nodata: float, description: str | Sequence[str],
               colormap: dict[int, tuple[int, int, int, int]] | None = None, tags: dict[str, str] | None = None) -> None:
-    """One band on ``grid`` as a Cloud-Optimized GeoTIFF (DEFLATE, with the predictor for its
-    type), written atomically; ``colormap`` becomes the band's colour table. ``values`` is one
-    item's map (one byte or float per chip position), so it is built in memory."""
-    profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": 1, "dtype": values.dtype.name,
-               "crs": grid.crs, "transform": grid.transform, "nodata": nodata}
+    """A map on ``grid`` as a Cloud-Optimized GeoTIFF (DEFLATE, with the predictor for its
+    type), written atomically: ``values`` (height, width) is one band, (bands, height, width)
+    several, each with its ``description``; ``colormap`` becomes the first band's colour table.
+    ``values`` is one item's map (a value per chip position), so it is built in memory."""
+    bands = values.reshape(-1, grid.height, grid.width)
+    descriptions = [description] if isinstance(description, str) else list(description)
+    profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": len(bands),
+               "dtype": values.dtype.name, "crs": grid.crs, "transform": grid.transform, "nodata": nodata}
     size = max(grid.width, grid.height)
     with MemoryFile() as memory:
         with memory.open(**profile) as ds:
-            ds.write(values, 1)
-            ds.set_band_description(1, description)
+            ds.write(bands)
+            for index, text in enumerate(descriptions, start=1):
+                ds.set_band_description(index, text)
             if colormap:
                 ds.write_colormap(1, colormap)
             ds.update_tags(SOFTWARE=f"stacembed {__version__}", **(tags or {}))
@@ -362,20 +370,25 @@ class DerivedOutput:
         return self.item_dir(item_id) / self.layout.asset_name(item_id, fmt)
 
     def add_item(self, item_id: str, *, geometry: dict | None, bbox: list[float] | None, properties: dict[str, Any],
-                 extensions: Iterable[str], assets: dict[str, dict], sources: Sequence[EmbeddingItem]) -> dict:
-        """Write ``item_id``'s document (its files are written already) and remember it."""
+                 extensions: Iterable[str], assets: dict[str, dict], sources: Sequence[EmbeddingItem],
+                 links: Sequence[tuple[str, str, str]] = ()) -> dict:
+        """Write ``item_id``'s document (its files are written already) and remember it;
+        ``links``: (rel, href, title) of what else it links."""
         from ..catalog import canonical_href, relative_href
 
         final = self.layout.item_file(item_id)  # relative links are made from where it will be
-        links = []
+        documents = []
         for source in {item_key(source): source for source in sources}.values():
             href = canonical_href(source.stac_item)
             if href:
-                links.append({"rel": "derived_from", "href": relative_href(local_href(href), final),
-                              "type": "application/geo+json", "title": f"Embeddings {source.id}"})
+                documents.append({"rel": "derived_from", "href": relative_href(local_href(href), final),
+                                  "type": "application/geo+json", "title": f"Embeddings {source.id}"})
+        extra = [{"rel": rel, "href": relative_href(local_href(href), final), "type": "application/json",
+                  "title": title} for rel, href, title in links]
         titles = {"root": CATALOG_TITLE}
-        links += [{"rel": rel, "href": href, "type": "application/json", "title": titles.get(rel, self.collection_id)}
-                  for rel, href in self.layout.ITEM_LINKS]
+        links = [*documents, *extra, *[{"rel": rel, "href": href, "type": "application/json",
+                                        "title": titles.get(rel, self.collection_id)}
+                                       for rel, href in self.layout.ITEM_LINKS]]
         document = {
             "type": "Feature", "stac_version": STAC_VERSION, "stac_extensions": list(dict.fromkeys(extensions)),
             "id": item_id, "geometry": geometry, "bbox": bbox, "properties": properties, "links": links,

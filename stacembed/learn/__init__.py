@@ -6,3 +6,7 @@ a grid) -> ``split`` (spatial blocks, items, folds) -> ``heads`` (knn, linear, m
 segmentation decoder; torch, seeded) -> ``metrics`` (scores and a confusion matrix) ->
 ``train`` / ``predict`` (read the catalogs, write a head card and STAC items).
 """
+
+# What ``stacembed train`` offers; light, so the command line lists them without importing torch.
+TASKS = ("classification", "regression", "segmentation")
+SPLITS = ("blocks", "items")
