@@ -571,8 +571,8 @@ def _scores_line(metrics: dict[str, Any]) -> str:
         if "n" in scores:
             shown = ", ".join(f"{key} {scores[key]:.3f}" for key in keys if scores.get(key) is not None)
             parts.append(f"{part}: {shown}")
-    return f"{metrics['chips']} labelled chips; held out {sum(metrics['validation']['held_out_chips'])}; " + \
-        "; ".join(parts)
+    unit = "tiles" if "tiles" in metrics else "chips"
+    return f"{metrics[unit]} labelled {unit}; held out {sum(metrics['validation']['held_out'])}; " + "; ".join(parts)
 
 
 @main.command("predict")

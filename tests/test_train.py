@@ -216,7 +216,7 @@ def test_classification_metrics_equal_a_recomputation_from_validation_parquet(tr
         values = {c["index"]: c["value"] for c in metrics["classes"]}
         assert all(r["label"] == values[r["label_index"]] and r["predicted"] == values[r["predicted_index"]]
                    for r in rows)
-        assert sum(metrics["validation"]["held_out_chips"]) == len(rows)
+        assert sum(metrics["validation"]["held_out"]) == len(rows)
     # with folds, each fold's scores are those of its own held-out chips
     metrics = metrics_of(trained["folds"])
     rows = list(held_out(trained["folds"]).values())
@@ -232,7 +232,7 @@ def test_regression_metrics_equal_a_recomputation_from_validation_parquet(traine
     predicted = np.array([r["predicted"] for r in rows], "float64")
     scores = metrics["embeddings"]
     assert metrics["task"] == "regression" and "classes" not in metrics
-    assert scores["n"] == len(rows) == sum(metrics["validation"]["held_out_chips"])
+    assert scores["n"] == len(rows) == sum(metrics["validation"]["held_out"])
     assert scores["rmse"] == pytest.approx(np.sqrt(mean_squared_error(truth, predicted)))
     assert scores["mae"] == pytest.approx(mean_absolute_error(truth, predicted))
     assert scores["r2"] == pytest.approx(r2_score(truth, predicted))

@@ -66,7 +66,7 @@ def head_card(directory: Path, *, head: Head, task: str, classes: Sequence[Label
         "mlm:pretrained": True,
         "mlm:pretrained_source": embeddings,
         "mlm:total_parameters": sum(int(t.numel()) for t in head.state_dict().values()),
-        "mlm:input": [_input(head, model)],
+        "mlm:input": [_input(head, model, items[0].kind or "chip")],
         "mlm:output": [_output(head, task, classes)],
         "mlm:hyperparameters": {**head.config["params"], **(head.config.get("training") or {})},
         "description": (f"A {head.name} head for {task} trained by stacembed {__version__} on embeddings of "
@@ -103,14 +103,14 @@ def read_head(href: str | Path) -> tuple[Head, dict[str, Any]]:
 
 def check_fits(card: dict[str, Any], model: dict[str, Any], kind: str | None, what: str) -> None:
     """Refuse embeddings the head was not trained on: another model, weights, pooling, layer,
-    dimensions, or chips where it took patches (or the reverse)."""
+    dimensions (pooling tells chips from patches), or chips where a segmentation head takes patches."""
     trained = card["properties"]["stacembed:embeddings"]
     if trained != model:
         raise ModelError(f"the head was trained on {describe_model(trained)}, {what} holds {describe_model(model)}; "
                          "predict with a head trained on embeddings of the same model and layout")
-    wanted = "pixel" if "segmentation" in card["properties"]["mlm:tasks"] else "chip"
-    if (kind or "chip") != wanted:
-        raise ModelError(f"the head takes {wanted} embeddings (emb:type), {what} holds {kind} embeddings")
+    if "segmentation" in card["properties"]["mlm:tasks"] and kind != "pixel":
+        raise ModelError(f"the segmentation head takes dense embeddings (emb:type pixel), {what} holds "
+                         f"{kind or 'chip'} embeddings")
 
 
 def classes_of(card: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -118,9 +118,10 @@ def classes_of(card: dict[str, Any]) -> list[dict[str, Any]] | None:
     return card["properties"]["mlm:output"][0].get("classification:classes")
 
 
-def _input(head: Head, model: dict[str, Any]) -> dict[str, Any]:
+def _input(head: Head, model: dict[str, Any], kind: str) -> dict[str, Any]:
     dims = ["batch", "embedding", "height", "width"] if head.dense else ["batch", "embedding"]
     return {"name": "embedding", "bands": [], "description": f"Embeddings of {describe_model(model)}",
+            "emb:dimensions": head.dimensions, "emb:type": kind,
             "input": {"shape": [-1, head.dimensions, *((-1, -1) if head.dense else ())], "dim_order": dims,
                       "data_type": "float32"}}
 

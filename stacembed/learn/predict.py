@@ -196,6 +196,8 @@ def _map_title(plan: _Plan) -> str:
     dtype, nodata = plan.map_dtype
     if plan.classes is None:
         return "Predicted value of each chip (float32 on the embeddings' grid; NaN: no chip)"
+    if plan.head.dense:
+        return f"Predicted class of each pixel ({dtype} class map on the source pixel grid; {nodata:g}: no patch)"
     return f"Predicted class of each chip ({dtype} class map on the embeddings' grid; {nodata:g}: no chip)"
 
 
@@ -267,7 +269,8 @@ def _write_item(output: DerivedOutput, item_id: str, item: EmbeddingItem, plan: 
                                                  title="Probability of each class (float32 bands, in the order of "
                                                        "classification:classes; NaN: no chip)",
                                                  **projection_fields(grid))
-    lineage = (f"Each chip embedding of item {item.id!r} predicted by the {plan.head.name} head "
+    what = "patch embeddings" if plan.head.dense else "chip embedding"
+    lineage = (f"Each {what} of item {item.id!r} predicted by the {plan.head.name} head "
                f"{plan.card['id']!r} ({plan.card['properties']['mlm:tasks'][0]})")
     properties = {**time_properties(item), **processing(lineage, {"torch": _torch_version()}),
                   "stacembed:head": plan.card["id"]}

@@ -75,11 +75,13 @@ def collect_tiles(items: Sequence[EmbeddingItem], labels: Labels, work: Path, *,
             fine = fine_grid(grid, scale)
             painted = labels.on_grid(fine)
             methods[painted.method] = None
-            if painted.covered.mean() < max(min_fraction, 1e-12):
+            under = ~np.isnan(values).all(axis=0).repeat(scale, 0).repeat(scale, 1)  # pixels under a patch
+            covered = painted.covered & under
+            if covered.mean() < max(min_fraction, 1e-12):
                 continue
             dims = len(values)
             file.write(np.nan_to_num(_padded(values, tile), nan=0.0).astype("float32").tobytes())
-            found["labels"].append(_padded(np.where(painted.covered, painted.labels, MISSING), tile * scale, MISSING))
+            found["labels"].append(_padded(np.where(covered, painted.labels, MISSING), tile * scale, MISSING))
             west, south, east, north = fine.bounds
             found["centres"].append(((west + east) / 2, (south + north) / 2))
             found["crs"].append(grid.crs.to_string())

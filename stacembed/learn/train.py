@@ -312,7 +312,7 @@ def _report(metrics: dict[str, Any], samples: Samples | Tiles, task: _Task, opti
         "labels": {"method": samples.method, "kind": CLASSES if task.classes is not None else "values"},
         "validation": {"split": options.split, "block_size_chips": options.block_size if options.split == "blocks"
                        else None, "folds": options.folds, "validation_fraction": None if options.folds
-                       else options.validation_fraction, "held_out_chips": counts, "seed": options.seed},
+                       else options.validation_fraction, "held_out": counts, "seed": options.seed},
         **metrics,
     }
     if task.classes is not None:

@@ -20,8 +20,23 @@ _CATALOG_RELS = ("self", "root", "parent", "collection")
 
 
 @dataclass(frozen=True)
+class CardInput:
+    """One of a card's ``mlm:input`` entries: a modality (its ``name``, e.g. ``S2L2A``), its
+    bands in the order the model takes them, and their value scaling (one entry, or one per band)."""
+
+    name: str
+    bands: tuple[str, ...]
+    value_scaling: tuple[dict[str, Any] | None, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelCard:
-    """The inference-relevant facts of one MLM card."""
+    """The inference-relevant facts of one MLM card.
+
+    A card may declare several inputs (``mlm:input``, one per modality: S2 L2A, S1 GRD, DEM, ...);
+    ``inputs`` keeps them, and ``bands`` / ``value_scaling`` are theirs concatenated in that
+    order, which is how a chip's channels are stacked (a multi-modal backbone splits them back
+    per modality). A single-input card has one input whose bands are ``bands``."""
 
     name: str
     architecture: str
@@ -34,6 +49,7 @@ class ModelCard:
     weights_sha256: str | None = None
     artifact_type: str | None = None
     pretrained: bool = True
+    inputs: tuple[CardInput, ...] = ()
     item: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -41,25 +57,25 @@ class ModelCard:
         """Lift a card out of an MLM item dict; ``href`` resolves relative asset hrefs."""
         try:
             props = item["properties"]
-            model_input = props["mlm:input"][0]
+            # Inputs without bands are auxiliary (Prithvi's temporal and location coordinates), not pixels.
+            imagery = [entry for entry in props["mlm:input"] if entry.get("bands")]
+            inputs = tuple(_card_input(entry, href) for entry in imagery)
+            sizes = {tuple(int(v) for v in entry["input"]["shape"][-2:]) for entry in imagery}
             model_output = props["mlm:output"][0]
-            bands = tuple(b if isinstance(b, str) else b["name"] for b in model_input["bands"])
-            shape = model_input["input"]["shape"]
-            height, width = int(shape[-2]), int(shape[-1])
             embedding_size = int(model_output["result"]["shape"][-1])
             name, architecture = props["mlm:name"], props["mlm:architecture"]
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ModelError(f"model card {href} is not a usable MLM item: missing or bad {exc}") from None
-        if not bands:
-            raise ModelError(f"model card {href} names no input bands (mlm:input[0].bands)")
+        if not inputs:
+            raise ModelError(f"model card {href} names no input bands (mlm:input[].bands)")
+        if len(sizes) != 1:
+            raise ModelError(f"model card {href}: its inputs differ in size ({sorted(sizes)}); "
+                             "stacembed stacks every modality on one chip grid")
+        (height, width), = sizes
         if height < 1 or width < 1 or embedding_size < 1:
             raise ModelError(f"model card {href} needs fixed positive input and output sizes")
-        scaling = tuple(model_input.get("value_scaling") or ())
-        if len(scaling) not in (0, 1, len(bands)):
-            raise ModelError(
-                f"model card {href}: value_scaling has {len(scaling)} entries for {len(bands)} bands"
-            )
-        check_value_scaling(scaling, f"model card {href}")
+        bands = tuple(band for entry in inputs for band in entry.bands)
+        scaling = inputs[0].value_scaling if len(inputs) == 1 else _per_band_scaling(inputs, href)
         weights = weights_asset(item)
         return cls(
             name=name,
@@ -73,6 +89,7 @@ class ModelCard:
             weights_sha256=_sha256_of(weights) if weights else None,
             artifact_type=weights.get("mlm:artifact_type") if weights else None,
             pretrained=bool(props.get("mlm:pretrained", True)),
+            inputs=inputs,
             item=item,
         )
 
@@ -89,6 +106,26 @@ class ModelCard:
         item["links"] = [link for link in item.get("links", []) if link.get("rel") not in _CATALOG_RELS]
         item.pop("collection", None)
         return item
+
+
+def _card_input(entry: dict[str, Any], href: str) -> CardInput:
+    """One ``mlm:input`` entry, checked: bands named, value scaling one entry or one per band."""
+    bands = tuple(b if isinstance(b, str) else b["name"] for b in entry["bands"])
+    scaling = tuple(entry.get("value_scaling") or ())
+    if len(scaling) not in (0, 1, len(bands)):
+        raise ModelError(f"model card {href}: input {entry.get('name')!r} has {len(scaling)} value_scaling "
+                         f"entries for {len(bands)} bands")
+    check_value_scaling(scaling, f"model card {href}")
+    return CardInput(str(entry["name"]), bands, scaling)
+
+
+def _per_band_scaling(inputs: tuple[CardInput, ...], href: str) -> tuple[dict[str, Any] | None, ...]:
+    """The inputs' value scaling as one entry per band of all of them (an input without scaling: None)."""
+    scaling: list[dict[str, Any] | None] = []
+    for entry in inputs:
+        given = entry.value_scaling
+        scaling += list(given) if len(given) == len(entry.bands) else [given[0] if given else None] * len(entry.bands)
+    return tuple(scaling)
 
 
 def load_card(href: str) -> ModelCard:
