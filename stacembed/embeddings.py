@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pystac
 import rasterio
+import requests
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import WindowError
@@ -146,6 +147,21 @@ class EmbeddingItem:
     @property
     def collection_id(self) -> str | None:
         return self.stac_item.collection_id
+
+    def source_items(self) -> list[pystac.Item]:
+        """The source items these embeddings were made from (``derived_from``), read (asset
+        hrefs absolute); a ``ReadError`` naming the one that cannot be read."""
+        found = []
+        for link in self.stac_item.get_links("derived_from"):
+            href = link.get_absolute_href()
+            try:
+                item = pystac.Item.from_file(href, stac_io=Access().stac_io(href))
+            except Exception as exc:  # pystac's StacIO raises a bare Exception for HTTP errors
+                raise ReadError(f"source item {redact_text(href)} of {self.id!r} cannot be read: "
+                                f"{_one_line(exc)}") from None
+            item.make_asset_hrefs_absolute()
+            found.append(item)
+        return found
 
     def table(self, columns: Sequence[str] | None = None) -> pa.Table:
         """The GeoParquet as stored (``embedding`` may be int8 or float16: ``vectors()`` is float32)."""
@@ -488,8 +504,10 @@ def is_url(href: str) -> bool:
 
 
 @contextmanager
-def local_copy(href: str) -> Iterator[str]:
-    """A local path of ``href``, downloaded into a temporary directory while in use when remote.
+def local_copy(href: str, session: requests.Session | None = None) -> Iterator[str]:
+    """A local path of ``href``, downloaded into a temporary directory while in use when remote
+    (with ``session``, e.g. one that sends the user's headers to their origin; else a plain,
+    retried one). The copy keeps the file's name, so readers that go by suffix find it.
 
     pyarrow reads no http(s) by itself, and fsspec's http needs aiohttp, which stacembed does not
     depend on. An item's file is one item's chips (megabytes), so a copy streamed to disk keeps
@@ -500,7 +518,7 @@ def local_copy(href: str) -> Iterator[str]:
         return
     with tempfile.TemporaryDirectory(prefix="stacembed-") as tmp:
         path = str(Path(tmp) / (Path(urlparse(href).path).name or "embeddings"))
-        _download(href, path)
+        _download(href, path, session)
         yield path
 
 
@@ -555,9 +573,9 @@ def _validator(href: str) -> str | None:
     return json.dumps([headers.get(name) for name in ("ETag", "Last-Modified", "Content-Length")])
 
 
-def _download(href: str, path: str) -> None:
+def _download(href: str, path: str, session: requests.Session | None = None) -> None:
     """Stream ``href`` into the file ``path`` (retried, as every STAC read)."""
-    session = Access(timeout=DOWNLOAD_TIMEOUT).session(href)
+    session = session or Access(timeout=DOWNLOAD_TIMEOUT).session(href)
     with session.get(href, stream=True) as response, open(path, "wb") as file:
         response.raise_for_status()
         for chunk in response.iter_content(1 << 20):

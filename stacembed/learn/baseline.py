@@ -16,11 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pystac
-
 from ..access import Access
 from ..embeddings import EmbeddingCatalog, EmbeddingItem, open_embeddings
-from ..errors import StacembedError
+from ..errors import ReadError, StacembedError
 from ..models.backbones.bandmeans import ARCHITECTURE
 from ..models.weights import RANDOM
 
@@ -73,16 +71,13 @@ def _item_collection(items: Sequence[EmbeddingItem]) -> dict[str, Any]:
     """The source items of ``items`` as one ItemCollection, asset hrefs made absolute."""
     features = []
     for item in items:
-        links = item.stac_item.get_links("derived_from")
-        if len(links) != 1:
-            raise BaselineUnavailable(f"item {item.id!r} has {len(links)} source items, not one")
-        href = links[0].get_absolute_href()
         try:
-            source = pystac.Item.from_file(href, stac_io=Access().stac_io(href))
-        except Exception as exc:  # pystac's StacIO raises a bare Exception for HTTP errors
-            raise BaselineUnavailable(f"source item {href} of {item.id!r} cannot be read: {exc}") from None
-        source.make_asset_hrefs_absolute()
-        features.append(source.to_dict(include_self_link=False, transform_hrefs=False))
+            sources = item.source_items()
+        except ReadError as exc:
+            raise BaselineUnavailable(str(exc)) from None
+        if len(sources) != 1:
+            raise BaselineUnavailable(f"item {item.id!r} has {len(sources)} source items, not one")
+        features.append(sources[0].to_dict(include_self_link=False, transform_hrefs=False))
     return {"type": "FeatureCollection", "features": features}
 
 

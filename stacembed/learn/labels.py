@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -62,6 +61,7 @@ from rasterio.features import rasterize
 from rasterio.warp import reproject, transform_bounds
 
 from ..access import Access, redact_text
+from ..embeddings import local_copy
 from ..errors import ConfigError, LabelError
 from ..grid import RASTER_ERRORS, Grid, gdal_reason
 from ..resolve.files import reason
@@ -692,17 +692,8 @@ def _read_frame(href: str, origin: str, access: Access, media_type: str | None =
     file, as OGR needs a file and the format's suffix) through ``access``'s session for
     ``origin``, the href the user gave: its headers go to that origin only."""
     parquet = _suffix(href) in PARQUET_SUFFIXES or "parquet" in (media_type or "")
-    with _read_errors(href):
-        if urlsplit(href).scheme not in ("http", "https"):
-            return _read_vector(href, parquet)
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, f"labels{_suffix(href)}")
-            with access.session(origin).get(href, stream=True) as response, open(path, "wb") as file:
-                if not response.ok:
-                    raise OSError(f"HTTP {response.status_code} {response.reason or ''}".rstrip())
-                for chunk in response.iter_content(2**20):
-                    file.write(chunk)
-            return _read_vector(path, parquet)
+    with _read_errors(href), local_copy(href, access.session(origin)) as path:
+        return _read_vector(path, parquet)
 
 
 def _read_vector(path: str, parquet: bool) -> gpd.GeoDataFrame:

@@ -21,15 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pystac
 import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from ..access import Access
 from ..analysis.derived import embedding_grid
 from ..embeddings import EmbeddingItem
-from ..errors import LabelError
+from ..errors import LabelError, ReadError
 from ..grid import Grid
 from .labels import MISSING, Labels
 
@@ -146,14 +144,13 @@ def _padded(values: np.ndarray, size: int, fill: float = np.nan) -> np.ndarray:
 def _source_pixel(item: EmbeddingItem) -> float:
     """The pixel size of the source item the embeddings were made from (``proj:transform``, or
     the header of its first raster asset)."""
-    links = item.stac_item.get_links("derived_from")
-    if not links:
-        raise LabelError(f"item {item.id!r} links no source item: its patch size is not known; give --label-scale")
-    href = links[0].get_absolute_href()
     try:
-        source = pystac.Item.from_file(href, stac_io=Access().stac_io(href))
-    except Exception as exc:  # pystac's StacIO raises a bare Exception for HTTP errors
-        raise LabelError(f"source item {href} cannot be read ({exc}); give --label-scale") from None
+        sources = item.source_items()
+    except ReadError as exc:
+        raise LabelError(f"{exc}; give --label-scale") from None
+    if not sources:
+        raise LabelError(f"item {item.id!r} links no source item: its patch size is not known; give --label-scale")
+    source = sources[0]
     for fields in (source.properties, *(asset.extra_fields for asset in source.assets.values())):
         if fields.get("proj:transform"):
             return abs(float(fields["proj:transform"][0]))
@@ -161,4 +158,4 @@ def _source_pixel(item: EmbeddingItem) -> float:
         if "image/tiff" in (asset.media_type or ""):
             with rasterio.open(asset.get_absolute_href()) as ds:
                 return abs(ds.transform.a)
-    raise LabelError(f"source item {href} states no pixel size (proj:transform); give --label-scale")
+    raise LabelError(f"source item {source.id!r} states no pixel size (proj:transform); give --label-scale")
