@@ -225,6 +225,18 @@ def _search_options(func: Callable) -> Callable:
               help="auto (default): direct window reads on the native grid, stackstac when resampling; or force "
                    "stackstac / odc.")
 @click.option("--output-collection", help="Id of the output collection (default: <source collection>-<model>).")
+@click.option("--modality", "modalities", multiple=True, metavar="INPUT=COLLECTION",
+              help="Models of several inputs: the collection that serves the card's input INPUT, e.g. "
+                   "S1GRD=sentinel-1-grd (repeatable; default: the --catalog preset's; see README).")
+@click.option("--primary", metavar="INPUT",
+              help="The input whose items are the locations, on whose grid the others are warped "
+                   "(default: the card's first).")
+@click.option("--max-time-gap", metavar="DURATION",
+              help="Farthest in time another input's item may be from a location's, e.g. 10d or 36h "
+                   "(default: no limit; static inputs such as DEM ignore time).")
+@click.option("--modality-resampling", multiple=True, metavar="INPUT=METHOD",
+              help="Resampling of input INPUT onto the primary's grid (default: nearest for classes, else "
+                   "bilinear; repeatable).")
 @click.option("--out", type=click.Path(file_okay=False), help="Output directory for the STAC catalog.")
 @click.option("--publish", help="Also publish the results to this STAC API (Transactions extension).")
 @click.option("--asset-base-href", help="With --publish: URL where the --out directory's files are served.")
@@ -597,6 +609,52 @@ def predict_command(ctx: click.Context, embeddings: str, head: str, out: str, pr
                      device=device, progress=_progress(quiet))
     if not quiet:
         click.echo(f"{result.chips} chips of {len(result.items)} item(s) predicted; catalog: {result.catalog}")
+
+
+@main.group("export")
+def export_group() -> None:
+    """Embeddings as exchange tables: NeuCo-Bench CSV, one joint GeoParquet."""
+
+
+@export_group.command("neuco")
+@click.argument("catalogs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The CSV to write.")
+@click.option("--mode", type=click.Choice(["sample", "chip"]), default="sample", show_default=True,
+              help="One row per sample (the mean of its chips), or one per chip.")
+@click.option("--sample-id", help="What names a sample: source_item (default), item, or a chip column.")
+@click.option("--dim", type=int, help="Pad the vectors with zeros to this many values (NeuCo-Bench's embedding_dim).")
+@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+@click.pass_context
+def export_neuco_command(ctx: click.Context, catalogs: tuple[str, ...], output: str, mode: str,
+                         sample_id: str | None, dim: int | None, verbose: int) -> None:
+    """Write CATALOGS' embeddings as a NeuCo-Bench CSV: id, then columns 0..D-1."""
+    ctx.meta["stacembed.verbose"] = verbose > 0
+    _setup_logging(verbose, False)
+    from .exports import export_neuco
+
+    result = export_neuco(list(catalogs), output, mode=mode, dim=dim, sample_id=sample_id)
+    filled = f"; {result.nan_filled} NaN written as 0" if result.nan_filled else ""
+    click.echo(f"{result.rows} {result.mode} row(s) of {result.dimensions} values: {result.path}{filled}")
+
+
+@export_group.command("joint")
+@click.argument("catalogs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="The GeoParquet to write (a directory with --partition-by).")
+@click.option("--partition-by", multiple=True, type=click.Choice(["collection", "date", "utm_zone"]),
+              help="Write a hive-partitioned dataset by these keys, in the order given (repeatable).")
+@click.option("--row-group-rows", type=int, help="Rows per row group (default: about 64 MiB of rows).")
+@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+@click.pass_context
+def export_joint_command(ctx: click.Context, catalogs: tuple[str, ...], output: str, partition_by: tuple[str, ...],
+                         row_group_rows: int | None, verbose: int) -> None:
+    """Write every chip of CATALOGS into one Hilbert-ordered GeoParquet, native CRS kept per chip."""
+    ctx.meta["stacembed.verbose"] = verbose > 0
+    _setup_logging(verbose, False)
+    from .exports import export_joint
+
+    result = export_joint(list(catalogs), output, partition_by=partition_by or None, row_group_rows=row_group_rows)
+    click.echo(f"{result.rows} chips in {result.files} file(s) ({len(result.native_crs)} native CRS): {result.path}")
 
 
 @main.command("change")
