@@ -1,7 +1,10 @@
 """Match a model's band names to item assets, and read per-band raster metadata.
 
 Handles both STAC dialects: 1.0 (``eo:bands`` / ``raster:bands``) and 1.1 (``bands`` with
-``eo:common_name``, ``raster:scale``, ``raster:offset``, ``nodata``).
+``eo:common_name``, ``raster:scale``, ``raster:offset``, ``nodata``). A band's centre wavelength
+(``eo:center_wavelength``, 1.0's ``center_wavelength``) and whether it holds classes
+(``classification:classes``/``bitfields``, on the band or its asset) are kept too: wavelength-aware
+models are given the first, and another modality's bands are resampled by the second.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class BandSource:
     offset: float = 0.0
     nodata: float | None = None
     described: bool = False  # the item states scale or offset (else 1 and 0 are defaults)
+    wavelength: float | None = None  # centre wavelength in micrometres (``eo:center_wavelength``), if stated
+    categorical: bool = False  # class values (``classification:classes``/``bitfields``): never interpolated
 
 
 class ValueRule(Protocol):
@@ -118,6 +123,7 @@ def _source(key: str, asset: pystac.Asset, fields: dict, band: dict, i: int) -> 
 
     nodata = pick("nodata", "raster:nodata")
     scale, offset = pick("raster:scale", "scale"), pick("raster:offset", "offset")
+    wavelength = pick("eo:center_wavelength", "center_wavelength")
     return BandSource(
         name=str(band.get("name") or key),
         asset_key=key,
@@ -127,7 +133,13 @@ def _source(key: str, asset: pystac.Asset, fields: dict, band: dict, i: int) -> 
         offset=float(offset if offset is not None else 0.0),
         nodata=_nodata_value(nodata),
         described=scale is not None or offset is not None,
+        wavelength=float(wavelength) if _is_number(wavelength) else None,
+        categorical=pick("classification:classes", "classification:bitfields") is not None,
     )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _nodata_value(value: Any) -> float | None:

@@ -96,6 +96,31 @@ class Provenance:
             shape[-2:] = [self.chip_grid_size, self.chip_grid_size]
         return model_input
 
+    def model_inputs(self) -> list[dict[str, Any]]:
+        """The card's ``mlm:input`` entries that were used: the first; with several modalities,
+        every one with bands (each modality's), at the chip size of the run."""
+        if "primary_modality" not in self.parameters:
+            return [self.model_input()]
+        inputs = []
+        for entry in self.card.item["properties"]["mlm:input"]:
+            if entry.get("bands"):
+                entry = copy.deepcopy(entry)
+                shape = entry.get("input", {}).get("shape")
+                if isinstance(shape, list) and len(shape) >= 2:
+                    shape[-2:] = [self.chip_grid_size, self.chip_grid_size]
+                inputs.append(entry)
+        return inputs
+
+    def modal_lineage(self) -> str:
+        """How the other modalities were brought onto the primary's grid, for ``processing:lineage``."""
+        resampling = self.parameters.get("modality_resampling") or {}
+        if not resampling:
+            return ""
+        sar = set(self.parameters.get("sar_db") or ())
+        parts = [f"{name} ({method if isinstance(method, str) else 'per band'}"
+                 f"{', dB' if name in sar else ''})" for name, method in resampling.items()]
+        return f"; {', '.join(parts)} warped onto it"
+
     def model_output(self) -> dict[str, Any]:
         """The card's ``mlm:output`` that was used (the first), or what was taken instead of it
         (``--pooling``, ``--layer``): its name says so, and its shape is the embeddings'."""
@@ -154,9 +179,13 @@ def output_item(
     provenance: Provenance,
     properties: dict[str, Any] | None = None,
     keep_href_query: bool = False,
+    companions: list[pystac.Item] = (),
 ) -> dict[str, Any]:
     """The STAC item describing the embeddings of ``sources`` (hrefs relative to the item file,
     as ``layout`` places it).
+
+    ``companions`` are the other modalities' items read with ``sources`` (a model of several
+    inputs): linked ``derived_from`` too, but the item's place and time are the sources'.
 
     One source item, or a time series on one grid (described by its first item, spanning all
     of their times). ``properties`` are what the writers determined (e.g. ``emb:quantization``).
@@ -178,7 +207,8 @@ def output_item(
         "processing:datetime": pystac.utils.datetime_to_str(datetime.now(UTC)),
         "processing:lineage": (
             f"{chip_grid.size}x{chip_grid.size} px chips every {chip_grid.stride} px on "
-            f"{provenance.grid_description(source.id)}, embedded with model {provenance.card.name!r} "
+            f"{provenance.grid_description(source.id)}{provenance.modal_lineage()}, embedded with model "
+            f"{provenance.card.name!r} "
             f"({provenance.card.architecture})"
         ),
         "emb:runtime_parameters": provenance.runtime_parameters(),
@@ -196,7 +226,7 @@ def output_item(
         href = layout.asset_href(item_id, fmt)
         item.add_asset(asset_key(fmt, formats), _asset(fmt, href, files[fmt], chip_grid, provenance))
     item_file = layout.item_file(item_id)
-    for each in sources:
+    for each in [*sources, *companions]:
         href = canonical_href(each, keep_query=keep_href_query)
         if href:
             href = relative_href(href, item_file)
@@ -399,7 +429,7 @@ def _collection(layout: OutputLayout, items, provenance: Provenance, source_href
         "data_type": embedding.dtype,
         "emb:chip_layout": {"layout_type": "regular_grid", "chip_size": [chip_size, chip_size],
                             "stride": [stride, stride]},
-        "mlm:input": [provenance.model_input()],
+        "mlm:input": provenance.model_inputs(),
         "mlm:output": [provenance.model_output()],
         "item_assets": item_assets,
         "links": links,

@@ -352,13 +352,24 @@ def models() -> None:
 
 
 @models.command("list")
-def models_list() -> None:
-    """List the built-in model cards."""
-    from .models import list_cards, load_card
+@click.option("--all", "show_all", is_flag=True,
+              help="Also every backbone of TerraTorch's registry (with stacembed[terratorch]), usable as "
+                   "--model terratorch:NAME.")
+def models_list(show_all: bool) -> None:
+    """List the built-in model cards (and, with --all, the registry backbones usable by name)."""
+    from .models import list_cards, list_registry_names, load_card
 
     for name, path in list_cards().items():
         card = load_card(str(path))
-        click.echo(f"{name}\t{card.architecture}\t{len(card.bands)} bands\t{card.embedding_size}-d")
+        modalities = "+".join(entry.name for entry in card.inputs) if len(card.inputs) > 1 else ""
+        click.echo("\t".join(part for part in (name, card.architecture, f"{len(card.bands)} bands", modalities,
+                                                 f"{card.embedding_size}-d") if part))
+    if show_all:
+        names = list_registry_names()
+        if not names:
+            click.echo("(TerraTorch's registry: not installed; pip install 'stacembed[terratorch]')", err=True)
+        for name in names:
+            click.echo(f"{name}\tregistry")
 
 
 @models.command("export")

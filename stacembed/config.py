@@ -103,6 +103,11 @@ class RunConfig:
     resampling: str = "nearest"
     loader: str = "auto"
     output_collection: str | None = None
+    # several modalities (a card with several mlm:input entries; README "Several modalities")
+    modalities: Mapping[str, str] = dataclasses.field(default_factory=dict)  # card input name -> collection
+    primary: str | None = None  # the input whose items are the locations (default: the card's first)
+    max_time_gap: str | None = None  # e.g. "10d": the farthest in time another modality's item may be
+    modality_resampling: Mapping[str, str] = dataclasses.field(default_factory=dict)  # input name -> method
     # where the results go
     publish: str | None = None
     asset_base_href: str | None = None
@@ -153,6 +158,9 @@ class RunConfig:
                               "(GeoTIFF float16 needs GDAL >= 3.11)")
         if self.resolution is not None and self.resolution <= 0:
             raise ConfigError(f"--resolution must be > 0, got {self.resolution}")
+        if self.max_time_gap is not None:
+            object.__setattr__(self, "max_time_gap", parse_duration(self.max_time_gap))
+        _check_choices("modality-resampling", tuple(self.modality_resampling.values()), RESAMPLING)
         self.access()  # validates --sign, --timeout, --retries
 
     @classmethod
@@ -182,6 +190,11 @@ class RunConfig:
         return Access(headers=self.headers, timeout=self.timeout, retries=self.retries, gdal=self.gdal,
                       signer=self.sign, aws_unsigned=self.aws_unsigned, requester_pays=self.requester_pays,
                       asset_headers=self.asset_headers)
+
+    @property
+    def time_gap_seconds(self) -> float | None:
+        """``--max-time-gap`` in seconds (None: no limit)."""
+        return None if self.max_time_gap is None else duration_seconds(self.max_time_gap)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] = (), *, need_out: bool = True) -> RunConfig:
@@ -222,7 +235,7 @@ def _check_choices(name: str, values: tuple[str, ...], allowed: tuple[str, ...])
 
 # Keys accepted under another name (the CLI flag's singular, or a YAML habit).
 _ALIASES = {"collection": "collections", "format": "formats", "header": "headers", "band": "bands",
-            "asset_header": "asset_headers"}
+            "asset_header": "asset_headers", "modality": "modalities"}
 
 
 def _coerce(key: str, value: Any, filter_lang: str | None = None) -> Any:
@@ -244,6 +257,9 @@ def _coerce(key: str, value: Any, filter_lang: str | None = None) -> Any:
         "asset_headers": lambda v: parse_headers(v, variable=ASSET_HEADERS_ENV, flag="--asset-header"),
         "gdal": parse_options,
         "bands": _parse_bands,
+        "modalities": lambda v: _parse_pairs(v, "--modality", "INPUT=COLLECTION, e.g. S1GRD=sentinel-1-rtc"),
+        "modality_resampling": lambda v: _parse_pairs(v, "--modality-resampling", "INPUT=METHOD, e.g. LULC=nearest"),
+        "max_time_gap": parse_duration,
         "max_items": int,
         "page_size": int,
         "time_steps": int,
@@ -285,6 +301,39 @@ def _parse_bands(value: Any) -> dict[str, str]:
             raise ConfigError(f"--band needs MODEL_BAND=ASSET_KEY, e.g. nir=B08; got {pair!r}")
         bands[name.strip()] = asset.strip()
     return bands
+
+
+def _parse_pairs(value: Any, flag: str, form: str) -> dict[str, str]:
+    """``NAME=VALUE`` pairs of a repeatable flag (or a mapping of them, from YAML)."""
+    if isinstance(value, Mapping):
+        return {str(k).strip(): str(v).strip() for k, v in value.items()}
+    pairs = {}
+    for pair in _as_tuple(value):
+        name, sep, given = pair.partition("=")
+        if not sep or not name.strip() or not given.strip():
+            raise ConfigError(f"{flag} needs {form}; got {pair!r}")
+        pairs[name.strip()] = given.strip()
+    return pairs
+
+
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: str | float | int) -> str:
+    """``--max-time-gap``: a number and a unit, s, m, h, d or w (``10d``, ``36h``); a bare number
+    is days. Returned in that form (``10d``), as runs record it."""
+    match = _DURATION.match(str(value)) if not isinstance(value, bool) else None
+    if match is None:
+        raise ConfigError(f"--max-time-gap must be a duration such as 10d, 36h or 90m; got {value!r}")
+    number, unit = float(match[1]), match[2] or "d"
+    return f"{number:g}{unit}"
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds of a duration written as ``parse_duration`` writes it."""
+    normalised = parse_duration(text)
+    return float(normalised[:-1]) * _UNIT_SECONDS[normalised[-1]]
 
 
 def _as_tuple(value: Any) -> tuple[str, ...]:

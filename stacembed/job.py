@@ -2,7 +2,10 @@
 
 - ``Inputs`` is what ``Inputs.resolve`` finds before any model is built: the card, the items
   and their bands, the series to embed, the output collection and the chip geometry (chip
-  size and stride, decided here once). A dry run stops here.
+  size and stride, decided here once). A dry run stops here. With several modalities (a card
+  with several inputs), each series is a location of the primary modality paired with the
+  other modalities' items (``resolve.modalities``, ``temporal.pair_modalities``), and its
+  ``ItemPlan`` says what each modality contributes to a chip (``readers.modal``).
 - ``Run`` freezes everything else before any pixel is read: the batch size (on CUDA, probed
   with the run's real chip shape), how the outputs are made (``catalog.Provenance``) and where
   they go (``layout.OutputLayout``). Executors receive a ``Run`` and never change it.
@@ -19,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -26,30 +30,89 @@ from tqdm import tqdm
 
 from .bands import match_bands
 from .catalog import Provenance, output_item
-from .chips import ChipBatch, ChipGrid, check_patch_tiling
+from .chips import ChipBatch, ChipGrid, check_patch_tiling, chip_bytes
 from .concurrency import ordered_map
 from .config import RunConfig
 from .embed import Embedder, configure_threads, default_prefetch, default_streams, select_device
-from .errors import ResolveError
+from .errors import BandError, ResolveError
 from .feed import FeedSpec, feed
 from .grid import Grid, native_grid, target_grid
 from .layout import OutputLayout, file_sha256, safe_name, write_json
 from .models import ModelCard, resolve_card
 from .models.weights import resolve_weights
+from .readers import Reader
+from .readers.modal import ModalityRead, ModalReader, describe_resampling
 from .resolve import Search
-from .temporal import Series, build_series, chip_context
+from .resolve.modalities import Modality, card_modalities, companion_search, primary_search
+from .temporal import Series, build_series, chip_context, pair_modalities
 from .writers import EmbeddingLayout, SourceInfo, open_writer
 
 log = logging.getLogger("stacembed")
 
 
+# A card property: the model takes each band's centre wavelength (wavelength-aware models, DOFA).
+WAVELENGTHS_FIELD = "stacembed:wavelengths"
+
+
 @dataclass(frozen=True)
 class ItemPlan:
-    """One series of source items (usually one item) and the chip grid it will be cut into."""
+    """One series of source items (usually one item) and the chip grid it will be cut into.
+
+    ``reads``: with several modalities (or a dB conversion), what each of the card's inputs
+    contributes to a chip, in the card's order (``readers.modal``); empty for a run as before.
+    """
 
     series: Series
     chip_grid: ChipGrid
     source_grid: Grid
+    reads: tuple[ModalityRead, ...] = ()
+
+    @property
+    def modalities(self) -> list[str]:
+        """The card inputs that have pixels here (the primary, and the others found for it)."""
+        return used_modalities(self.reads)
+
+    @property
+    def wavelengths(self) -> tuple[float | None, ...]:
+        """Each chip band's centre wavelength in micrometres, in the card's order (``band_wavelengths``)."""
+        return band_wavelengths(self.series, self.reads)
+
+
+def used_modalities(reads: tuple[ModalityRead, ...]) -> list[str]:
+    """The inputs of ``reads`` that have pixels (the primary, and the others found for it)."""
+    return [read.name for read in reads if read.primary or read.sources]
+
+
+def band_wavelengths(series: Series, reads: tuple[ModalityRead, ...] = ()) -> tuple[float | None, ...]:
+    """Each chip band's centre wavelength in micrometres (``eo:center_wavelength`` of the items
+    read: the primary's first acquisition, another modality's nearest item), in the card's order;
+    None where STAC states none or the modality has no item at this location."""
+    primary = series.acquisitions[0].bands
+    if not reads:
+        return tuple(band.wavelength for band in primary)
+    found: list[float | None] = []
+    for read in reads:
+        if read.primary or read.sources:
+            found += [band.wavelength for band in (primary if read.primary else read.sources[0][1])]
+        else:
+            found += [None] * len(read.bands)
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class ModalFeedSpec(FeedSpec):
+    """A ``FeedSpec`` whose reader adds the other modalities, warped onto the chip grid
+    (``readers.modal.ModalReader`` around the primary's reader)."""
+
+    reads: tuple[ModalityRead, ...] = ()
+
+    def open(self) -> Reader:
+        return ModalReader(super().open(), self.reads, self.chip_grid.grid)
+
+    @property
+    def batch_bytes(self) -> int:
+        bands = sum(len(read.bands) for read in self.reads)
+        return self.batch_size * chip_bytes(bands * len(self.series), self.chip_grid.size)
 
 
 @dataclass(frozen=True)
@@ -62,20 +125,74 @@ class Inputs:
     series: tuple[Series, ...]
     chip_size: int
     stride: int
+    modalities: tuple[Modality, ...] = ()  # the card's inputs, when it has several (or one read as dB)
 
     @classmethod
     def resolve(cls, config: RunConfig) -> Inputs:
         """Resolve the model card and the items, match bands, group series, fix the chip geometry."""
         card = resolve_card(config.model)
-        search = Search.from_config(config)
+        modalities = card_modalities(card, config)
+        primary = next((m for m in modalities if m.primary), None)
+        search = Search.from_config(config) if primary is None else primary_search(config, primary)
+        bands = list(card.bands) if primary is None else list(primary.bands)
         items = search.items_found()
-        matched = [(item, match_bands(item, list(card.bands), search.band_aliases, search.rules_for(item)))
-                   for item in items]
+        matched = [(item, match_bands(item, bands, search.band_aliases, search.rules_for(item))) for item in items]
         with rasterio.Env(**search.access.gdal_options()):
             series = build_series(matched, config.time_steps)
+        if primary is not None:
+            series, modalities = _pair(config, search, series, modalities)
         chip_size = card.chip_size(config.chip_size)
-        inputs = cls(config, card, search, tuple(series), chip_size, config.stride or chip_size)
-        return replace(inputs, series=inputs.unique_series())
+        inputs = cls(config, card, search, tuple(series), chip_size, config.stride or chip_size, modalities)
+        inputs = replace(inputs, series=inputs.unique_series())
+        inputs.check_wavelengths()
+        return inputs
+
+    @property
+    def wants_wavelengths(self) -> bool:
+        """Whether the card says its model takes the bands' wavelengths (``stacembed:wavelengths``)."""
+        return bool(self.card.item.get("properties", {}).get(WAVELENGTHS_FIELD)) if self.card.item else False
+
+    def check_wavelengths(self) -> None:
+        """A card that takes the bands' wavelengths needs them stated for every band it reads."""
+        if not self.wants_wavelengths:
+            return
+        for series in self.series:
+            reads = self.reads_of(series) if self.modalities else ()
+            present = [True] * len(self.card.bands) if not reads else [
+                bool(read.primary or read.sources) for read in reads for _ in read.bands]
+            missing = [band for band, wavelength, there in
+                       zip(self.card.bands, band_wavelengths(series, reads), present, strict=True)
+                       if wavelength is None and there]
+            if missing:
+                raise BandError(f"model {self.card.name} takes each band's centre wavelength, and item "
+                                f"{series.id!r} states none for band {', '.join(missing)} (eo:center_wavelength)")
+
+    def reads_of(self, series: Series) -> tuple[ModalityRead, ...]:
+        """What each of the card's inputs contributes to ``series``' chips (``readers.modal``)."""
+        reads = []
+        for modality in self.modalities:
+            if modality.primary:
+                reads.append(ModalityRead(modality.name, modality.bands, sar_db=modality.sar_db, primary=True))
+                continue
+            companion = series.companion(modality.name)
+            sources = tuple((a.item, tuple(a.bands)) for a in companion.acquisitions) if companion else ()
+            reads.append(ModalityRead(modality.name, modality.bands, sources, modality.methods,
+                                      sar_db=modality.sar_db, required=not modality.optional))
+        return tuple(reads)
+
+    def modal_parameters(self) -> dict[str, Any]:
+        """What shapes a run of several modalities, for ``emb:runtime_parameters`` ({} for a run as before)."""
+        if not self.modalities:
+            return {}
+        used = [m for m in self.modalities if not m.primary and m.collection is not None]
+        return {
+            "primary_modality": next(m.name for m in self.modalities if m.primary),
+            "modality_collections": {m.name: m.collection for m in self.modalities},
+            "modality_resampling": {m.name: describe_resampling(ModalityRead(m.name, m.bands, resampling=m.methods))
+                                    for m in used} or None,
+            "sar_db": [m.name for m in self.modalities if m.sar_db],
+            "max_time_gap": self.config.max_time_gap if used else None,
+        }
 
     def output_collection(self, series: Series) -> str:
         """The output collection of ``series``: ``--output-collection``, else one per source
@@ -117,17 +234,21 @@ class Inputs:
         target = grid
         if self.config.crs or self.config.resolution:
             target = target_grid(grid, self.config.crs, self.config.resolution)
-        return ItemPlan(series, ChipGrid(target, self.chip_size, self.stride), grid)
+        reads = self.reads_of(series) if self.modalities else ()
+        return ItemPlan(series, ChipGrid(target, self.chip_size, self.stride), grid, reads)
 
     def feed_spec(self, plan: ItemPlan, batch_size: int, rows: range | None = None) -> FeedSpec:
         """How to read ``plan``'s chips (or chip rows ``rows``) in batches of ``batch_size``, for ``feed``."""
         config = self.config
-        return FeedSpec(
+        spec = FeedSpec(
             [(a.item, a.bands) for a in plan.series.acquisitions], plan.chip_grid, plan.source_grid,
             batch_size=batch_size, min_valid=config.min_valid, loader=config.loader,
             resampling=config.resampling, gdal_options=self.search.access.gdal_options(),
             reader_threads=config.reader_threads, rows=rows,
         )
+        if not plan.reads:
+            return spec
+        return ModalFeedSpec(**{f: getattr(spec, f) for f in spec.__dataclass_fields__}, reads=plan.reads)
 
     def load_embedder(self, device: str | None = None, threads: int | None = None,
                       streams: int | None = None) -> tuple[Embedder, Path | None]:
@@ -156,6 +277,7 @@ class Run:
     batch_size: int
     provenance: Provenance
     layouts: dict[str, OutputLayout]  # by output collection id
+    wavelengths: bool = False  # record each item's band wavelengths (the model takes them)
 
     @classmethod
     def freeze(cls, inputs: Inputs, embedder: Embedder, weights: Path | None) -> Run:
@@ -173,11 +295,13 @@ class Run:
             weights_sha256=file_sha256(weights) if weights else None,
             chip_grid_size=inputs.chip_size,
             stride=inputs.stride,
-            parameters={**config.runtime_parameters(), "chip_size": inputs.chip_size, "stride": inputs.stride},
+            parameters={**config.runtime_parameters(), "chip_size": inputs.chip_size, "stride": inputs.stride,
+                        **inputs.modal_parameters()},
         )
         batch_size = config.batch_size or embedder.auto_batch_size()
         layouts = {cid: OutputLayout(config.out, cid) for cid in inputs.collection_ids}
-        return cls(inputs, batch_size, provenance, layouts)
+        wavelengths = inputs.wants_wavelengths or "wavelengths" in embedder.context_inputs
+        return cls(inputs, batch_size, provenance, layouts, wavelengths)
 
     @property
     def config(self) -> RunConfig:
@@ -187,10 +311,23 @@ class Run:
         """Where ``series``' output item goes: its output collection's layout."""
         return self.layouts[self.inputs.output_collection(series)]
 
+    def provenance_of(self, series: Series) -> Provenance:
+        """The run's provenance with what is ``series``' own: the modalities that had pixels there,
+        and its bands' wavelengths when the model takes them."""
+        extra: dict[str, Any] = {}
+        reads = self.inputs.reads_of(series) if self.inputs.modalities else ()
+        if self.inputs.modalities:
+            extra["modalities"] = used_modalities(reads)
+        if self.wavelengths:
+            extra["wavelengths"] = list(band_wavelengths(series, reads))
+        if not extra:
+            return self.provenance
+        return replace(self.provenance, parameters={**self.provenance.parameters, **extra})
+
     def finished(self, series: Series) -> bool:
         """Whether ``series``' item is on disk, whole, from an earlier run with the same parameters
         (``--verify``: checksums too; a damaged item is embedded again)."""
-        return self.layout_of(series).resumable(series.id, self.provenance.runtime_parameters(),
+        return self.layout_of(series).resumable(series.id, self.provenance_of(series).runtime_parameters(),
                                                 verify=self.config.verify)
 
 
@@ -215,7 +352,7 @@ def embedded_batches(run: Run, plan: ItemPlan, embedder: Embedder,
         depth = default_prefetch(embedder.device, embedder.streams)
 
     def embed(batch: ChipBatch) -> tuple[ChipBatch, np.ndarray]:
-        context = chip_context(embedder.context_inputs, plan.series, plan.chip_grid, batch.chips)
+        context = chip_context(embedder.context_inputs, plan.series, plan.chip_grid, batch.chips, plan.wavelengths)
         return batch, embedder(batch.pixels, context)
 
     spec = run.inputs.feed_spec(plan, run.batch_size, rows)
@@ -228,7 +365,8 @@ def write_item(run: Run, plan: ItemPlan, batches: Iterable[tuple[ChipBatch, np.n
     """Write the embedded ``batches`` of one series as its output item (atomically); returns the
     chips written, or None when another process finished the same item first and its copy stood."""
     formats, item_id, layout = run.config.formats, plan.series.id, run.layout_of(plan.series)
-    with layout.writing_item(item_id, run.provenance.runtime_parameters()) as staging, ExitStack() as opened:
+    provenance = run.provenance_of(plan.series)
+    with layout.writing_item(item_id, provenance.runtime_parameters()) as staging, ExitStack() as opened:
         files = {fmt: staging.path / layout.asset_name(item_id, fmt) for fmt in formats}
         source = SourceInfo.from_items(plan.series.items, item_id)
         writers = []
@@ -247,11 +385,59 @@ def write_item(run: Run, plan: ItemPlan, batches: Iterable[tuple[ChipBatch, np.n
             properties.update(writer.close())
         item = output_item(
             plan.series.items, item_id=item_id, layout=layout, files=files, formats=formats,
-            chip_grid=plan.chip_grid, provenance=run.provenance, properties=properties,
-            keep_href_query=run.config.keep_href_query,
+            chip_grid=plan.chip_grid, provenance=provenance, properties=properties,
+            keep_href_query=run.config.keep_href_query, companions=plan.series.sources[len(plan.series.items):],
         )
         write_json(staging.path / layout.item_file(item_id).name, item)
     if not staging.kept:
         return None
     log.info("item %s: %d chips embedded", item_id, chips)
     return chips
+
+
+def _pair(config: RunConfig, search: Search, series: list[Series],
+          modalities: tuple[Modality, ...]) -> tuple[list[Series], tuple[Modality, ...]]:
+    """Each location (primary series) with its items of the other modalities, and the modalities
+    with their collections as the sources name them and each band's resampling decided."""
+    found: dict[str, list] = {}
+    describe: dict[str, str] = {}
+    done = []
+    for modality in modalities:
+        if modality.primary:
+            collections = search.filter.collections
+            done.append(replace(modality, collection=collections[0] if len(collections) == 1 else modality.collection))
+            continue
+        if modality.collection is None:
+            log.info("input %s of the model is left out: no collection serves it (it is optional)", modality.name)
+            done.append(modality)
+            continue
+        other = companion_search(config, modality, [s.items[0] for s in series])
+        collection = other.filter.collections[0]
+        try:
+            items = other.items_found()
+        except ResolveError as exc:
+            if modality.named:
+                raise ResolveError(f"input {modality.name}: {exc}") from None
+            log.warning("input %s: %s; it is left out", modality.name, exc)
+            items = []
+        matched = [(item, match_bands(item, list(modality.bands), other.band_aliases, other.rules_for(item)))
+                   for item in items]
+        found[modality.name] = matched
+        describe[modality.name] = f"collection {collection}"
+        done.append(replace(modality, collection=collection, methods=_methods(modality, matched)))
+    if found:
+        series = pair_modalities(series, found, static={m.name for m in modalities if m.static},
+                                 optional={m.name for m in modalities if m.optional},
+                                 max_gap=config.time_gap_seconds, gap_text=config.max_time_gap, describe=describe)
+    return series, tuple(done)
+
+
+def _methods(modality: Modality, matched: list) -> tuple[str, ...]:
+    """How each of the modality's bands is resampled onto the primary's grid: as asked
+    (``--modality-resampling``, the card's ``stacembed:resampling``), else ``nearest`` for a band
+    of classes (``classification:*`` in its metadata) and ``bilinear`` for any other."""
+    if modality.resampling:
+        return (modality.resampling,) * len(modality.bands)
+    if not matched:
+        return ("bilinear",) * len(modality.bands)
+    return tuple("nearest" if band.categorical else "bilinear" for band in matched[0][1])

@@ -66,8 +66,12 @@ def plan(config: RunConfig) -> dict:
     rows, total_chips = [], 0
     with rasterio.Env(**inputs.search.access.gdal_options()):
         for series in inputs.series:
-            chip_grid = inputs.plan_item(series).chip_grid
+            item_plan = inputs.plan_item(series)
+            chip_grid = item_plan.chip_grid
             rows.append({"id": series.id, "chips": len(chip_grid), "grid": f"{chip_grid.rows}x{chip_grid.cols}"})
+            if item_plan.reads:
+                rows[-1]["modalities"] = {read.name: [item.id for item, _ in read.sources] if not read.primary
+                                          else [i.id for i in series.items] for read in item_plan.reads}
             total_chips += len(chip_grid)
     bytes_per_chip = inputs.card.embedding_size * BYTES_PER_VALUE[config.dtype] * len(config.formats)
     return {
@@ -167,7 +171,7 @@ def _local_inputs(inputs: Inputs) -> Iterator[Path]:
     """The local files a run reads: the catalog or items file, item and collection JSON, assets."""
     hrefs = [inputs.config.catalog, inputs.config.items]
     for series in inputs.series:
-        for acquisition in series.acquisitions:
+        for acquisition in [*series.acquisitions, *(a for c in series.companions for a in c.acquisitions)]:
             item = acquisition.item
             collection = item.get_single_link("collection")
             hrefs += [item.get_self_href(), collection.get_absolute_href() if collection else None]

@@ -11,11 +11,25 @@ The rule (documented in the README, and the same for every run):
 
 Groups with fewer than ``T`` items are skipped with a warning; if no group has enough, that
 is an error. The output item of a group links ``derived_from`` every item used.
+
+Several modalities (``pair_modalities``; a card with several inputs, README "Several
+modalities") pair each location, an item of the primary modality, with items of every other one:
+
+1. Candidates are the other modality's items whose footprint overlaps the location's, and, for a
+   modality that changes in time, whose time lies within ``--max-time-gap`` of the location's
+   (the gap between the two time ranges; no limit without the option). Static modalities (DEM)
+   ignore time.
+2. The nearest in time comes first (ties by id; static: by id). Further candidates are taken, in
+   that order, only while they cover part of the location that the ones taken leave uncovered:
+   tiles of one modality are mosaicked, the nearer item winning where they overlap.
+3. A location with no candidate for a required modality is skipped with a warning naming both;
+   an optional modality is then left out for that location (its bands are no data).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +39,7 @@ from .bands import BandSource
 from .errors import ResolveError
 from .grid import native_grid
 from .resolve import item_time_range
+from .resolve.modalities import footprint
 
 log = logging.getLogger("stacembed")
 
@@ -36,10 +51,22 @@ class Acquisition:
 
 
 @dataclass(frozen=True)
+class Companion:
+    """Another modality at a location: its items to mosaic, nearest in time first (none: missing)."""
+
+    name: str
+    acquisitions: tuple[Acquisition, ...] = ()
+
+
+@dataclass(frozen=True)
 class Series:
-    """The acquisitions embedded together, oldest first; one output item per series."""
+    """The acquisitions embedded together, oldest first; one output item per series.
+
+    With several modalities, ``acquisitions`` are the primary modality's (the location) and
+    ``companions`` the other modalities' items paired with it, in the card's order."""
 
     acquisitions: tuple[Acquisition, ...]
+    companions: tuple[Companion, ...] = ()
 
     @property
     def id(self) -> str:
@@ -48,7 +75,16 @@ class Series:
 
     @property
     def items(self) -> list[pystac.Item]:
+        """The primary modality's items (the location and its time)."""
         return [a.item for a in self.acquisitions]
+
+    @property
+    def sources(self) -> list[pystac.Item]:
+        """Every item read: the primary's, then each other modality's."""
+        return self.items + [a.item for c in self.companions for a in c.acquisitions]
+
+    def companion(self, name: str) -> Companion | None:
+        return next((c for c in self.companions if c.name == name), None)
 
 
 def build_series(found: list[tuple[pystac.Item, list[BandSource]]], time_steps: int) -> list[Series]:
@@ -73,6 +109,71 @@ def build_series(found: list[tuple[pystac.Item, list[BandSource]]], time_steps: 
     return series
 
 
+def pair_modalities(series: list[Series], found: Mapping[str, list[tuple[pystac.Item, list[BandSource]]]], *,
+                    static: set[str], optional: set[str], max_gap: float | None, gap_text: str | None = None,
+                    describe: Mapping[str, str] = {}) -> list[Series]:
+    """Each location (a series of one primary item) with its items of every other modality in
+    ``found`` (by modality name, in the card's order), by the rule in this module's docstring.
+
+    ``max_gap`` is in seconds (``gap_text`` as the user wrote it); ``describe`` says how to name
+    each modality's source in a warning (its collection).
+    """
+    paired = []
+    for location in series:
+        primary = location.acquisitions[0].item
+        area = footprint(primary)
+        companions, missing = [], None
+        for name, candidates in found.items():
+            picked = _cover(primary, area, candidates, static=name in static, max_gap=max_gap)
+            if not picked and name not in optional:
+                missing = name
+                break
+            companions.append(Companion(name, tuple(Acquisition(item, bands) for item, bands in picked)))
+        if missing is not None:
+            within = "" if missing in static or max_gap is None else f" within --max-time-gap {gap_text or max_gap}"
+            log.warning("skipping location %r: no %s item (%s) covers it%s", primary.id, missing,
+                        describe.get(missing, missing), within)
+            continue
+        paired.append(Series(location.acquisitions, tuple(companions)))
+    if not paired:
+        raise ResolveError(f"no location has an item of every modality the model needs ({', '.join(found)}); "
+                           "see the warnings above, and widen --max-time-gap or --datetime")
+    return paired
+
+
+def _cover(primary: pystac.Item, area, candidates: list[tuple[pystac.Item, list[BandSource]]], *, static: bool,
+           max_gap: float | None) -> list[tuple[pystac.Item, list[BandSource]]]:
+    """The candidates that serve ``primary``: nearest first, then those that cover more of it."""
+    def gap(item: pystac.Item) -> float:
+        if static:
+            return 0.0
+        start, end = item_time_range(primary)
+        other_start, other_end = item_time_range(item)
+        return max(0.0, (other_start - end).total_seconds(), (start - other_end).total_seconds())
+
+    near = []
+    for item, bands in candidates:
+        shape = footprint(item)
+        overlap = None if area is None or shape is None else shape.intersection(area)
+        if overlap is not None and overlap.area <= 0:
+            continue
+        distance = gap(item)
+        if max_gap is None or distance <= max_gap:
+            near.append((distance, item.id, item, bands, overlap))
+    near.sort(key=lambda entry: (entry[0], entry[1]))
+    picked, covered = [], None
+    for _, _, item, bands, overlap in near:
+        if overlap is None:  # no footprint to compare: the nearest one serves alone
+            return picked or [(item, bands)]
+        if covered is not None and overlap.difference(covered).area <= 1e-9 * area.area:
+            continue
+        picked.append((item, bands))
+        covered = overlap if covered is None else covered.union(overlap)
+        if area.difference(covered).area <= 1e-9 * area.area:
+            break
+    return picked
+
+
 def _pick(members: list[Acquisition], time_steps: int) -> list[Acquisition]:
     ordered = sorted(members, key=lambda a: (item_time_range(a.item)[0], a.item.id))
     bins = np.array_split(np.arange(len(ordered)), time_steps)
@@ -85,10 +186,15 @@ def _cloud(item: pystac.Item) -> float:
     return float(cover) if isinstance(cover, (int, float)) else 100.0
 
 
-def chip_context(names: tuple[str, ...], series: Series, chip_grid, chips) -> dict[str, np.ndarray]:
+def chip_context(names: tuple[str, ...], series: Series, chip_grid, chips,
+                 wavelengths: tuple[float | None, ...] = ()) -> dict[str, np.ndarray]:
     """Per-chip extra model inputs: ``temporal_coords`` (n, T, 2) as (year, day of year) of each
-    acquisition, and ``location_coords`` (n, 2) as (lat, lon) of each chip's centre."""
+    acquisition, ``location_coords`` (n, 2) as (lat, lon) of each chip's centre, and
+    ``wavelengths`` (n, C): each band's centre wavelength in micrometres (NaN where unknown)."""
     context: dict[str, np.ndarray] = {}
+    if "wavelengths" in names:
+        row = np.array([np.nan if w is None else w for w in wavelengths], "float32")
+        context["wavelengths"] = np.tile(row, (len(chips), 1))
     if "temporal_coords" in names:
         times = [item_time_range(item)[0] for item in series.items]
         pairs = [(t.year, t.timetuple().tm_yday) for t in times]

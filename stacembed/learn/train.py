@@ -154,33 +154,24 @@ class _Task:
 
     @classmethod
     def of(cls, name: str, samples: Samples | Tiles, declared: Sequence[LabelClass]) -> _Task:
-        if name == "segmentation":
-            return cls._segmentation(samples.labels, declared)
+        """Chips' classes or values, or tiles' label maps, as the head's targets."""
         if name == "regression":
             values = samples.targets.astype("float32")
             if np.unique(values).size < 2:
                 raise LabelError("every labelled chip has the same value; there is nothing to learn")
             return cls(name, values, None)
-        found = np.unique(samples.targets)
-        if found.size < 2:
-            raise LabelError(f"the labelled chips hold one class only ({int(found[0])}); "
-                             "a classifier needs two classes or more")
-        named = {c.value: c for c in declared}
-        classes = tuple(named.get(int(v), LabelClass(int(v), str(int(v)))) for v in found)
-        return cls(name, np.searchsorted(found, samples.targets).astype("int64"), classes)
-
-    @classmethod
-    def _segmentation(cls, labels: np.ndarray, declared: Sequence[LabelClass]) -> _Task:
+        labels = samples.labels if name == "segmentation" else samples.targets
         labelled = labels != MISSING
         found = np.unique(labels[labelled])
         if found.size < 2:
-            raise LabelError(f"the labelled pixels hold {'one class only' if found.size else 'no class'}; "
-                             "a segmentation head needs two classes or more")
+            what = "pixels" if name == "segmentation" else "chips"
+            raise LabelError(f"the labelled {what} hold {'one class only' if found.size else 'no class'}; "
+                             f"a {name} head needs two classes or more")
         named = {c.value: c for c in declared}
         classes = tuple(named.get(int(v), LabelClass(int(v), str(int(v)))) for v in found)
         targets = np.full(labels.shape, IGNORE, "int64")
         targets[labelled] = np.searchsorted(found, labels[labelled])
-        return cls("segmentation", targets, classes)
+        return cls(name, targets, classes)
 
     @property
     def n_classes(self) -> int | None:

@@ -2,7 +2,14 @@
 
 from .card import ModelCard, load_card
 from .export import export_card
-from .registry import create_backbone, list_cards, register_architecture, resolve_card
+from .registry import (
+    create_backbone,
+    list_cards,
+    list_registry_names,
+    register_architecture,
+    register_prefix,
+    resolve_card,
+)
 
 # isort: split
 # As timm.models does: the model files register their architectures on import, after the registry.
@@ -13,7 +20,9 @@ __all__ = [
     "create_backbone",
     "export_card",
     "list_cards",
+    "list_registry_names",
     "load_card",
     "register_architecture",
+    "register_prefix",
     "resolve_card",
 ]

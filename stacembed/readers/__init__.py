@@ -10,6 +10,10 @@ chooses one:
 - ``StackReader`` (``readers.stack``): a lazy stackstac / odc-stac stack, for resampling or a
   loader asked for by name. Its module imports xarray, dask and the loader, so it is imported
   only when chosen: a run on the native grid starts without them.
+
+``ModalReader`` (``readers.modal``) goes around either for a model of several inputs: it warps the
+same window of every other modality onto the primary's grid (``WarpedVRT``, exact transformer)
+and returns all bands in the card's order (``job.ModalFeedSpec`` opens it).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Presets for well-known public STAC APIs: ``--catalog earth-search`` means that API.
 
 A preset names the API root, collection aliases, how the collection's asset keys map to the
-band names model cards use, and what reading its assets needs (href signing, GDAL options,
-credentials). They live in ``catalogs/presets/presets.yaml`` so adding one is a YAML edit.
+band names model cards use, which model inputs (modalities: ``S2L2A``, ``S1GRD``, ``DEM``) a
+collection serves, and what reading its assets needs (href signing, GDAL options, credentials).
+They live in ``catalogs/presets/presets.yaml`` so adding one is a YAML edit.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class PresetCollection:
     aliases: tuple[str, ...] = ()
     bands: Mapping[str, str] = field(default_factory=dict)
     values: tuple[ValueRule, ...] = ()
+    modalities: tuple[str, ...] = ()  # model card input names it serves (S2L2A, S1GRD, DEM, ...)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,11 @@ class Preset:
                 return coll
         return PresetCollection(name)
 
+    def collection_for(self, modality: str) -> PresetCollection | None:
+        """The first collection that serves model input ``modality`` (its ``modalities``; any case)."""
+        wanted = modality.casefold()
+        return next((c for c in self.collections.values() if wanted in {m.casefold() for m in c.modalities}), None)
+
     @classmethod
     def from_mapping(cls, name: str, data: Mapping[str, Any]) -> Preset:
         if not isinstance(data, Mapping) or not data.get("api"):
@@ -101,6 +108,7 @@ class Preset:
                 {str(k): str(v) for k, v in ((spec or {}).get("bands") or {}).items()},
                 tuple(ValueRule.from_mapping(f"preset {name!r} collection {cid!r}", rule)
                       for rule in ((spec or {}).get("values") or ())),
+                tuple(str(m) for m in ((spec or {}).get("modalities") or ())),
             )
             for cid, spec in (data.get("collections") or {}).items()
         }
