@@ -24,6 +24,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from ..analysis.chipmap import ChipMaps, Layer, map_chips
+from ..analysis.cluster import palette
 from ..analysis.derived import (
     COG,
     FILE,
@@ -54,7 +55,6 @@ from .segment import fine_grid, tiles_of
 
 MAP_ASSET, PROBABILITIES_ASSET, TABLE_ASSET = "prediction", "probabilities", "predictions"
 NODATA_CLASS = 255  # the uint8 class map's "no chip"; classes above it are written as int32 with -1
-COLOURS = ("1F77B4", "FF7F0E", "2CA02C", "D62728", "9467BD", "8C564B", "E377C2", "7F7F7F", "BCBD22", "17BECF")
 
 
 @dataclass(frozen=True)
@@ -153,9 +153,12 @@ class _Plan:
         return {"predicted": pa.from_numpy_dtype(self.values.dtype), "probability": pa.float32()}
 
     def class_objects(self, counts: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """The classes with a colour each (the labels' own, else the cluster maps' palette),
+        their counts, and the no-chip value of a uint8 map."""
         objects = []
+        colours = palette(len(self.classes or ()))
         for index, entry in enumerate(self.classes or ()):
-            entry = {"color_hint": COLOURS[index % len(COLOURS)], **entry}
+            entry = {"color_hint": "".join(f"{c:02X}" for c in colours[index]), **entry}
             if counts is not None:
                 entry["count"] = int(counts[index])
             objects.append(entry)
