@@ -240,15 +240,15 @@ class Inputs:
     def feed_spec(self, plan: ItemPlan, batch_size: int, rows: range | None = None) -> FeedSpec:
         """How to read ``plan``'s chips (or chip rows ``rows``) in batches of ``batch_size``, for ``feed``."""
         config = self.config
-        spec = FeedSpec(
-            [(a.item, a.bands) for a in plan.series.acquisitions], plan.chip_grid, plan.source_grid,
+        options = dict(
             batch_size=batch_size, min_valid=config.min_valid, loader=config.loader,
             resampling=config.resampling, gdal_options=self.search.access.gdal_options(),
             reader_threads=config.reader_threads, rows=rows,
         )
-        if not plan.reads:
-            return spec
-        return ModalFeedSpec(**{f: getattr(spec, f) for f in spec.__dataclass_fields__}, reads=plan.reads)
+        series = [(a.item, a.bands) for a in plan.series.acquisitions]
+        if plan.reads:
+            return ModalFeedSpec(series, plan.chip_grid, plan.source_grid, **options, reads=plan.reads)
+        return FeedSpec(series, plan.chip_grid, plan.source_grid, **options)
 
     def load_embedder(self, device: str | None = None, threads: int | None = None,
                       streams: int | None = None) -> tuple[Embedder, Path | None]:

@@ -136,7 +136,8 @@ def pair_modalities(series: list[Series], found: Mapping[str, list[tuple[pystac.
             continue
         paired.append(Series(location.acquisitions, tuple(companions)))
     if not paired:
-        raise ResolveError(f"no location has an item of every modality the model needs ({', '.join(found)}); "
+        needed = ", ".join(name for name in found if name not in optional)
+        raise ResolveError(f"no location has an item of every modality the model needs ({needed}); "
                            "see the warnings above, and widen --max-time-gap or --datetime")
     return paired
 

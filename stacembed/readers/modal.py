@@ -70,7 +70,7 @@ class ModalReader:
         self.primary = primary
         self.reads = reads
         self.grid = grid
-        self.opened: list = []
+        self.opened: dict[str, rasterio.DatasetReader] = {}  # by href
         self.vrts: dict[tuple, WarpedVRT] = {}
         count = sum(len(read.bands) for read in reads)
         self.shape = (count, *primary.shape[1:])  # (band, [time,] y, x): time only for one modality
@@ -88,8 +88,9 @@ class ModalReader:
         key = (band.href, method, band.nodata)
         if key not in self.vrts:
             with raster_errors(band.href, "open raster"):
-                ds = rasterio.open(band.href)
-                self.opened.append(ds)
+                if band.href not in self.opened:
+                    self.opened[band.href] = rasterio.open(band.href)
+                ds = self.opened[band.href]
                 nodata = band.nodata if band.nodata is not None else ds.nodata
                 extra = {} if nodata is None else {"src_nodata": nodata}
                 self.vrts[key] = WarpedVRT(
@@ -103,7 +104,7 @@ class ModalReader:
     def tile_row_bytes(self) -> int:
         """The primary's, plus a row of tiles across each warped source file."""
         total = self.primary.tile_row_bytes
-        for ds in self.opened:
+        for ds in self.opened.values():
             height, width = ds.block_shapes[0]
             total += -(-ds.width // width) * width * height * np.dtype(ds.dtypes[0]).itemsize * ds.count
         return total
@@ -147,9 +148,9 @@ class ModalReader:
     def close(self) -> None:
         for vrt in self.vrts.values():
             vrt.close()
-        for ds in self.opened:
+        for ds in self.opened.values():
             ds.close()
-        self.vrts, self.opened = {}, []
+        self.vrts, self.opened = {}, {}
         self.primary.close()
 
 
