@@ -20,7 +20,6 @@ import torch
 from stac_validation import validate_file
 
 from stacembed.models import create_backbone, load_card
-from stacembed.models.card import ModelCard
 from stacembed.models.registry import CARDS_DIR
 
 MLM = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
@@ -122,15 +121,19 @@ UNVERIFIED = {
         "S2L2A digital numbers",  # TerraMesh's handling of the baseline-04.00 +1000 offset is not documented
         "license",  # apache-2.0 read on the -large/-tiny model pages and IBM/terramind, not on -base's
         "embedding pooling",  # TerraMind publishes no pooled-embedding recipe
+        "S1RTC source units",  # no Planetary Computer sentinel-1-rtc item was read (only its collection text)
     ],
-    "terramind-1.0-large": ["file:checksum", "S2L2A digital numbers", "license", "embedding pooling"],
+    "terramind-1.0-large": ["file:checksum", "S2L2A digital numbers", "license", "embedding pooling",
+                            "S1RTC source units"],
     "dofa-base": [
         "red/green/blue value_scaling",  # the TCI stretch of L1C is not documented in a readable source
         "B05-B12 value_scaling",  # SatlasPretrain's handling of the +1000 offset is not documented
         "provenance",  # which authors' checkpoint TorchGeo's file was extracted from is not stated
         "embedding pooling",  # DOFA's fc_norm is not in the checkpoint
+        "loading the released checkpoint",  # no network: the key mapping is tested on the release's layout
     ],
-    "dofa-large": ["red/green/blue value_scaling", "B05-B12 value_scaling", "provenance", "embedding pooling"],
+    "dofa-large": ["red/green/blue value_scaling", "B05-B12 value_scaling", "provenance", "embedding pooling",
+                   "loading the released checkpoint"],
     "clay-v1.5": [
         "file:checksum",  # of the Lightning checkpoint (the .pt2 model asset has its SHA-256)
         "input size",  # factory.py's example exports at 224, the published file is run at 256
@@ -145,6 +148,7 @@ UNVERIFIED = {
         "S2 digital numbers",
         "normalisation provenance",  # main_pretrain.py was published after the weights
         "embedding pooling",
+        "metadata",  # passed as unknown (NaN), though pretrained with them
     ],
 }
 
@@ -310,9 +314,12 @@ def test_dofa_weights_are_the_files_torchgeo_pins():
 
 
 def test_copernicus_fm_is_torchgeos_copernicusfm_base():
-    """No TerraTorch entry (hence needs-backbone); TorchGeo's builder has the card's shapes and weights."""
+    """TorchGeo's builder has the card's shapes and weights; stacembed's torchgeo: builder feeds it the
+    card's wavelengths and bandwidths (tests/test_terratorch.py: equal to TorchGeo's own forward)."""
     from torchgeo.models import CopernicusFM_Base_Weights, copernicusfm_base
     from torchgeo.models.copernicusfm import CopernicusFM
+
+    from stacembed.models.backbones import CopernicusFMBackbone
 
     card = load_card(str(CARDS["copernicus-fm-base"]))
     url = CopernicusFM_Base_Weights.CopernicusFM_ViT.url
@@ -322,17 +329,78 @@ def test_copernicus_fm_is_torchgeos_copernicusfm_base():
     assert defaults["img_size"].default == 224 and defaults["patch_size"].default == 16
     with torch.device("meta"):
         model = copernicusfm_base()
+        backbone = create_backbone(card)
     assert model.cls_token.shape[-1] == card.embedding_size
     assert model.num_patches == (224 // 16) ** 2
+    assert "stacembed:status" not in item("copernicus-fm-base")["properties"]
+    assert isinstance(backbone, CopernicusFMBackbone) and backbone.context_inputs == ("wavelengths",)
+    assert list(backbone.wavelengths) == pytest.approx(WAVELENGTHS["copernicus-fm-base"])
+    assert list(backbone.bandwidths) == pytest.approx(COPERNICUS_BANDWIDTHS)
+    assert backbone.kernel_size == 16 and backbone.num_prefix_tokens == 1
 
 
 def test_clay_and_copernicus_fm_are_not_in_terratorchs_backbone_registry(registry):
     # TerraTorch 1.2.11 has Clay v1.5 only as a model factory (clay1_5_model_factory.py) and its
-    # registered clay_v1_base is Clay v1; Copernicus-FM it does not have.
-    for name in ("clay-v1.5", "copernicus-fm-base"):
-        assert item(name)["properties"]["stacembed:status"] == "needs-backbone"
+    # registered clay_v1_base is Clay v1; Copernicus-FM it does not have (TorchGeo builds it).
+    assert item("clay-v1.5")["properties"]["stacembed:status"] == "needs-backbone"
+    assert item("copernicus-fm-base")["properties"]["mlm:architecture"].startswith("torchgeo:")
     names = set(registry["terratorch"])  # TerraTorch's own source, as stacembed's builder lists it
     assert not {n for n in names if "clay" in n or "copernicus" in n}
+
+
+def test_clay_stays_needs_backbone_because_its_program_takes_a_datacube():
+    """Clay's published encoder is a torch.export program whose forward takes one dict (pixels, time,
+    latlon, gsd, waves: claymodel/finetune/embedder/factory.py, EmbeddingEncoder.forward); stacembed
+    runs a .pt2 with the chip tensor alone, and no architecture of that name is registered."""
+    from stacembed.errors import ModelError
+    from stacembed.models.weights import ExportedModel
+
+    props = item("clay-v1.5")["properties"]
+    assert props["stacembed:status"] == "needs-backbone"
+    note = props["stacembed:status_note"]
+    for needed in ("pixels", "time", "latlon", "gsd", "waves", "minimum of two", "ground sampling distance",
+                   "acquisition hour"):
+        assert needed in note
+    assert model_asset(item("clay-v1.5"))["mlm:artifact_type"] == "torch.export.save"
+    assert list(inspect.signature(ExportedModel.forward).parameters) == ["self", "x"]  # the chip, nothing else
+    with pytest.raises(ModelError, match="neither registered"):
+        create_backbone(load_card(str(CARDS["clay-v1.5"])))
+
+
+def test_terramind_cards_read_s1_as_db_and_run_without_any_input(registry):
+    """TerraMind's S1RTC statistics are in dB (negative means: terramind_register.py 231, 286), STAC
+    RTC assets are linear power (Planetary Computer: 'calibrated intensity'): stacembed:sar_db. TerraMind
+    embeds whatever subset of its modalities it is given (terramind_vit.py 265-283): every input is
+    optional; the DEM is static."""
+    from terratorch.models.backbones.terramind.model import terramind_register as tm
+
+    for name in ("terramind-1.0-base", "terramind-1.0-large"):
+        props = item(name)["properties"]
+        s2, s1, dem = props["mlm:input"]
+        assert tm.v1_pretraining_mean["untok_sen1rtc@224"] == [step["mean"] for step in s1["value_scaling"]]
+        assert all(step["mean"] < 0 for step in s1["value_scaling"])  # decibels
+        assert s1["stacembed:sar_db"] is True and "stacembed:sar_db" not in s2 and "stacembed:sar_db" not in dem
+        assert dem["stacembed:static"] is True
+        assert props["stacembed:optional_inputs"] == ["S2L2A", "S1RTC", "DEM"]
+        assert "stacembed:status" not in props
+
+
+@pytest.mark.parametrize("name", ["dofa-base", "dofa-large"])
+def test_dofa_cards_give_the_network_their_bands_wavelengths(name):
+    """The builder conditions DOFA on the card's eo:bands wavelengths (DOFA's README values) unless a
+    run passes the items' own; it keeps the cls token out of the mean (tests/test_terratorch.py)."""
+    pytest.importorskip("terratorch")
+    from stacembed.models.backbones import DOFABackbone
+
+    card = load_card(str(CARDS[name]))
+    assert "stacembed:status" not in item(name)["properties"]
+    with torch.device("meta"):
+        backbone = create_backbone(card)
+    assert isinstance(backbone, DOFABackbone) and backbone.context_inputs == ("wavelengths",)
+    assert list(backbone.wavelengths) == pytest.approx(WAVELENGTHS[name])
+    assert backbone.num_prefix_tokens == 1 and backbone.patch_size == (16, 16)
+    assert not any(key.startswith(("model.dofa_model.fc_norm", "model.dofa_model.head"))
+                   for key in backbone.state_dict())
 
 
 @pytest.mark.parametrize("name", ["terramind-1.0-base", "dofa-base"])
@@ -343,10 +411,7 @@ def test_base_cards_build_with_stacembeds_terratorch_builder(name):
 
     if registry_prefix("terratorch:probe") is None:
         pytest.skip("stacembed has no terratorch: builder")
-    data = item(name)
-    # stacembed:status marks what is still missing (its note: loading, meta-device builds), not the build.
-    data["properties"].pop("stacembed:status", None)
-    card = ModelCard.from_item(data, str(CARDS[name]))
+    card = load_card(str(CARDS[name]))
     model = create_backbone(card).eval()
     with torch.no_grad():
         out = model(torch.zeros(2, len(card.bands), *card.input_size))

@@ -29,6 +29,7 @@ from rasterio.windows import Window
 from stacembed.embed import Embedder
 from stacembed.errors import ModelError
 from stacembed.models import create_backbone, list_registry_names, load_card, resolve_card
+from stacembed.models.registry import CARDS_DIR
 from stacembed.models.weights import resolve_weights
 
 REQUIRE_ENV = "STACEMBED_REQUIRE_TERRATORCH"
@@ -322,3 +323,228 @@ def test_a_plain_run_never_imports_terratorch():
             "print('terratorch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+# -- the built-in flagship cards themselves, on seeded random weights -------------------------------
+#
+# Each card is copied with its mlm:model asset replaced by a file of seeded random weights (href and
+# SHA-256), laid out as the release is: TerraMind's TerraTorch state dict, DOFA's and Copernicus-FM's
+# TorchGeo state dicts without fc_norm/head. Parameters the constructors leave at zero (cls tokens,
+# position tables) are drawn too, so that every one of them counts.
+
+def flagship(name):
+    return json.loads((CARDS_DIR / f"{name}.json").read_text())
+
+
+def drawn(model, seed, skip=()):
+    """``model`` with its all-zero floating parameters (except ``skip`` prefixes) drawn from N(0, 0.02)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if value.is_floating_point() and not value.any() and not key.startswith(skip):
+                value.copy_(torch.randn(value.shape, generator=generator) * 0.02)
+    return model.eval()
+
+
+def card_with_weights(tmp_path, name, state, **hyperparameters):
+    """Built-in card ``name`` copied into tmp_path with ``state`` as its weights (safetensors, or
+    ``torch.save`` as ``.pth`` like the TorchGeo releases) and ``hyperparameters`` changed."""
+    data = flagship(name)
+    torch_save = data["assets"]["model"]["mlm:artifact_type"] == "torch.save"
+    path = tmp_path / f"{name}.{'pth' if torch_save else 'safetensors'}"
+    if torch_save:
+        torch.save({k: v.detach().clone().contiguous() for k, v in state.items()}, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(path))
+    data["assets"]["model"].update({"href": path.name, "file:size": path.stat().st_size,
+                                    "file:checksum": "1220" + hashlib.sha256(path.read_bytes()).hexdigest()})
+    data["properties"]["mlm:hyperparameters"].update(hyperparameters)
+    card_path = tmp_path / f"{name}.json"
+    card_path.write_text(json.dumps(data))
+    return load_card(str(card_path))
+
+
+def card_scaled(card, pixels):
+    """The card's per-band z-scores, then no data -> 0, as stacembed scales chips."""
+    means = np.array([s["mean"] for s in card.value_scaling])[:, None, None]
+    stds = np.array([s["stddev"] for s in card.value_scaling])[:, None, None]
+    return torch.from_numpy(np.nan_to_num((pixels - means) / stds, nan=0.0).astype("float32"))
+
+
+def assert_same_embeddings(got, want):
+    want = want.detach().numpy() if isinstance(want, torch.Tensor) else want
+    assert got.shape == want.shape
+    for row, expected in zip(got, want, strict=True):
+        assert cosine(row, expected) >= 0.9999
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_terramind_base_card_equals_terratorchs_forward(registry, tmp_path, no_network):
+    """terramind-1.0-base at its own 224 px: S2L2A 12 + S1RTC 2 (dB) + DEM 1. The second chip has no
+    DEM (no item there: no data): TerraMind runs it on S2L2A and S1RTC only, as TerraTorch does when
+    given those two (the card makes every input optional)."""
+    hyper = flagship("terramind-1.0-base")["properties"]["mlm:hyperparameters"]
+    torch.manual_seed(3)
+    reference = drawn(registry.build("terramind_v1_base", pretrained=False, **hyper), 3)
+    card = card_with_weights(tmp_path, "terramind-1.0-base", reference.state_dict())
+    embedder = Embedder.from_card(card, resolve_weights(card), torch.device("cpu"))
+    rng = np.random.default_rng(1)
+    pixels = np.concatenate([rng.uniform(0.0, 0.5, (2, 12, 224, 224)),  # reflectance
+                             rng.normal(-12.0, 4.0, (2, 2, 224, 224)),  # backscatter in dB
+                             rng.uniform(0.0, 2000.0, (2, 1, 224, 224))], axis=1).astype("float32")  # metres
+    pixels[1, 14] = np.nan
+    got = embedder(pixels)
+    x = card_scaled(card, pixels)
+    with torch.no_grad():
+        full = reference({"S2L2A": x[:1, :12], "S1RTC": x[:1, 12:14], "DEM": x[:1, 14:]})[-1].mean(dim=1)
+        without_dem = reference({"S2L2A": x[1:, :12], "S1RTC": x[1:, 12:14]})[-1].mean(dim=1)
+        zero_dem = reference({"S2L2A": x[1:, :12], "S1RTC": x[1:, 12:14], "DEM": x[1:, 14:]})[-1].mean(dim=1)
+    assert_same_embeddings(got, torch.cat([full, without_dem]))
+    assert cosine(got[1], zero_dem[0].numpy()) < 0.9999  # not the DEM filled with its mean
+    assert no_network == []
+
+
+def test_the_dofa_base_card_equals_terratorchs_forward_with_the_same_wavelengths(registry, tmp_path, no_network):
+    """dofa-base at its own 224 px, weights laid out as TorchGeo's release (no 'dofa_model.' prefix,
+    no fc_norm/head): equal to TerraTorch's DOFA given the same wavelengths, the card's when the items
+    state none, the items' where they do."""
+    from torchgeo.models import dofa
+
+    hyper = flagship("dofa-base")["properties"]["mlm:hyperparameters"]
+    torch.manual_seed(5)
+    reference = drawn(registry.build("dofa_base_patch16_224", pretrained=False, **hyper), 5,
+                      skip=("dofa_model.fc_norm.", "dofa_model.head."))
+    release = {key.removeprefix("dofa_model."): value for key, value in reference.state_dict().items()
+               if not key.startswith(("dofa_model.fc_norm.", "dofa_model.head."))}
+    with torch.device("meta"):  # torchgeo/models/dofa.py 474-485: the release is DOFA's keys but these four
+        assert set(release) == set(dofa.dofa_base_patch16_224().state_dict()) - {
+            "fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+    card = card_with_weights(tmp_path, "dofa-base", release)
+    embedder = Embedder.from_card(card, resolve_weights(card), torch.device("cpu"))
+    assert embedder.context_inputs == ("wavelengths",)
+    card_waves = [b["center_wavelength"] for b in flagship("dofa-base")["assets"]["model"]["eo:bands"]]
+    pixels = np.random.default_rng(2).uniform(0.0, 0.4, (2, 9, 224, 224)).astype("float32")
+    x = card_scaled(card, pixels)
+
+    def terratorch(waves, pooling="mean"):
+        reference.wavelengths = list(waves)  # what TerraTorch's forward reads (dofa_vit.py 134)
+        with torch.no_grad():
+            tokens = reference(x)[-1]
+        return tokens[:, 0] if pooling == "cls" else tokens[:, 1:].mean(dim=1)
+
+    assert_same_embeddings(embedder(pixels), terratorch(card_waves))
+    # TerraTorch's own table for model_bands (NIR_BROAD 0.832, SWIR_2 2.20 um) gives other embeddings
+    own = terratorch(registry.build("dofa_base_patch16_224", pretrained=False, **hyper).wavelengths)
+    assert cosine(embedder(pixels)[0], own[0].numpy()) < 0.9999
+    # the items' wavelengths where they state one (here not for B12), the card's elsewhere
+    stac = np.array([0.6646, 0.5598, 0.4924, 0.7041, 0.7405, 0.7828, 0.8328, 1.6137, np.nan], "float32")
+    filled = [float(w) for w in np.where(np.isnan(stac), np.float32(card_waves), stac)]
+    assert_same_embeddings(embedder(pixels, {"wavelengths": np.tile(stac, (2, 1))}), terratorch(filled))
+    cls = Embedder.from_card(card, resolve_weights(card), torch.device("cpu"), pooling="cls")
+    assert_same_embeddings(cls(pixels), terratorch(card_waves, "cls"))
+    with pytest.raises(ModelError, match="different band wavelengths"):
+        embedder(pixels, {"wavelengths": np.stack([stac, stac + 0.01])})
+    assert no_network == []
+
+
+def test_a_run_gives_dofa_the_wavelengths_the_items_state(registry, synthetic_catalog, cli, tmp_path, no_network):
+    """`stacembed run` with a DOFA card: each band's eo:center_wavelength from STAC reaches the network,
+    TerraTorch's value for model_bands where the item states none (the card here states none)."""
+    bands = ["BLUE", "GREEN", "RED", "NIR_BROAD", "SWIR_1", "SWIR_2"]
+    spec = {"name": "dofa_base_patch16_224", "hyperparameters": {"model_bands": bands, "img_size": CHIP},
+            "inputs": PRITHVI["inputs"], "dim": 768}
+    torch.manual_seed(13)
+    reference = drawn(registry.build(spec["name"], pretrained=False, **spec["hyperparameters"]), 13)
+    weights = tmp_path / "dofa.safetensors"
+    card = write_card(tmp_path, spec, weights, save_weights(reference, weights))
+    catalog = synthetic_catalog("1.1", n_items=1, shape=(64, 64))
+    item_path = catalog.parent / "synthetic" / "item-0" / "item-0.json"
+    item = json.loads(item_path.read_text())
+    stated = {"B1": 0.482, "B2": 0.561, "B3": 0.655, "B4": 0.865, "B5": 1.609}  # Landsat 8 OLI; B7: none
+    for key, wavelength in stated.items():
+        item["assets"][key]["bands"][0]["eo:center_wavelength"] = wavelength
+    item_path.write_text(json.dumps(item))
+    out = tmp_path / "out"
+    result = cli("run", "--catalog", catalog, "--model", card, "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    table = gpd.read_parquet(next(out.glob("*/item-0/item-0.parquet")))
+    windows = [Window(r.col_off, r.row_off, r.width, r.height) for r in table.itertuples()]
+    x = scaled(chips_from_cogs(catalog.parent / "synthetic" / "item-0", windows))
+    reference.wavelengths = [*stated.values(), reference.wavelengths[-1]]
+    with torch.no_grad():
+        expected = reference(x)[-1][:, 1:].mean(dim=1)
+    assert_same_embeddings(np.stack(table.embedding.map(np.asarray)), expected)
+    written = json.loads(next(out.glob("*/item-0/item-0.json")).read_text())
+    assert written["properties"]["emb:runtime_parameters"]["wavelengths"] == [*stated.values(), None]
+    assert no_network == []
+
+
+def test_the_copernicus_fm_card_equals_torchgeos_forward(tmp_path, no_network):
+    """copernicus-fm-base (torchgeo:copernicusfm_base) on 64 px chips (TorchGeo resizes its position
+    table), weights laid out as TorchGeo's release (no fc_norm/head): TorchGeo's own forward with the
+    card's wavelengths and bandwidths in nm and unknown metadata; its tokens for other poolings."""
+    try:
+        from torchgeo.models import copernicusfm_base
+    except ImportError as exc:
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"TorchGeo is not installed ({exc})", pytrace=False)
+        pytest.skip(f"TorchGeo is not installed ({exc})")
+    torch.manual_seed(9)
+    reference = drawn(copernicusfm_base(), 9, skip=("fc_norm.", "head."))
+    release = {k: v for k, v in reference.state_dict().items() if not k.startswith(("fc_norm.", "head."))}
+    card = card_with_weights(tmp_path, "copernicus-fm-base", release)
+    embedder = Embedder.from_card(card, resolve_weights(card), torch.device("cpu"), chip_size=64)
+    described = flagship("copernicus-fm-base")["assets"]["model"]["eo:bands"]
+    waves = [b["center_wavelength"] * 1000 for b in described]
+    widths = [b["full_width_half_max"] * 1000 for b in described]
+    pixels = np.random.default_rng(4).uniform(0.0, 0.4, (2, 13, 64, 64)).astype("float32")
+    x = card_scaled(card, pixels)
+    tokens = {}
+    reference.blocks[-1].register_forward_hook(lambda m, a, out: tokens.update(last=out))
+    reference.blocks[5].register_forward_hook(lambda m, a, out: tokens.update(fifth=out))
+
+    def torchgeo(wavelengths):
+        with torch.no_grad():
+            return reference(x, torch.full((2, 4), float("nan")), wavelengths=wavelengths, bandwidths=widths,
+                             input_mode="spectral", kernel_size=16)
+
+    assert_same_embeddings(embedder(pixels), torchgeo(waves))
+    for pooling, layer, want in (("cls", None, lambda: tokens["last"][:, 0]),
+                                 ("mean", 5, lambda: tokens["fifth"][:, 1:].mean(dim=1))):
+        other = Embedder.from_card(card, resolve_weights(card), torch.device("cpu"), chip_size=64,
+                                   pooling=pooling, layer=layer)
+        got = other(pixels)
+        torchgeo(waves)
+        assert_same_embeddings(got, want())
+    stac = np.array([np.nan, 0.4924, 0.5598, 0.6646, 0.7041, 0.7405, 0.7828, 0.8328, 0.8647, 0.9451, 1.3735,
+                     1.6137, 2.2024], "float32")
+    filled = [float(w) * 1000 for w in np.where(np.isnan(stac), np.float32([w / 1000 for w in waves]), stac)]
+    assert_same_embeddings(embedder(pixels, {"wavelengths": np.tile(stac, (2, 1))}), torchgeo(filled))
+    assert no_network == []
+
+
+def test_torchgeo_cards_are_checked_with_one_line_errors(tmp_path):
+    pytest.importorskip("torchgeo")
+
+    def card(**properties):
+        data = flagship("copernicus-fm-base")
+        data["properties"].update(properties)
+        path = tmp_path / "card.json"
+        path.write_text(json.dumps(data))
+        return load_card(str(path))
+
+    hyper = flagship("copernicus-fm-base")["properties"]["mlm:hyperparameters"]
+    one_line_model_error(lambda: create_backbone(card(**{"mlm:architecture": "torchgeo:resnet50"})),
+                         "not a TorchGeo model stacembed can feed")
+    one_line_model_error(lambda: create_backbone(card(**{"mlm:hyperparameters": {**hyper, "weights": "x"}})),
+                         "weights cannot be given to TorchGeo")
+    one_line_model_error(lambda: create_backbone(card(**{"stacembed:pooling": "mean"})), "the model's own output")
+    variable = {**hyper, "forward": {"input_mode": "variable"}}
+    one_line_model_error(lambda: create_backbone(card(**{"mlm:hyperparameters": variable})), "input_mode 'spectral'")
+    one_line_model_error(lambda: resolve_card("torchgeo:copernicusfm_base"), "run from an MLM card")
+    with torch.device("meta"):
+        backbone = create_backbone(card())
+    trained = {"fc_norm.weight": torch.full((768,), 2.0), "fc_norm.bias": torch.zeros(768)}
+    one_line_model_error(lambda: backbone.checkpoint_filter(trained), "trained fc_norm")

@@ -8,7 +8,9 @@ built with ``in_chans=len(bands), num_classes=0`` so its output is the pooled pr
 Another library's model registry plugs in with ``register_prefix("lib", ...)``: an
 ``mlm:architecture`` (or a ``--model``) written ``lib:NAME`` is then built (and, as ``--model``,
 described by an ad-hoc card) by that hook, and ``list_registry_names`` lists what it offers
-(``backbones/terratorch.py``: ``terratorch:NAME``, any backbone of TerraTorch's registry).
+(``backbones/terratorch.py``: ``terratorch:NAME``, any backbone of TerraTorch's registry;
+``backbones/torchgeo.py``: ``torchgeo:NAME``, TorchGeo model functions stacembed has an adapter
+for, cards only).
 
 As in timm, this module imports no model: the files under ``backbones/`` import
 ``register_architecture`` from here, and the ``stacembed.models`` package imports them, so they
@@ -89,6 +91,9 @@ def resolve_card(ref: str) -> ModelCard:
     hooks = registry_prefix(ref)
     if hooks is not None and hooks.card is not None:
         return hooks.card(ref)
+    if hooks is not None:
+        raise ModelError(f"--model {ref}: {ref.partition(':')[0]}: models run from an MLM card (mlm:architecture "
+                         f"{ref!r}), not by name; see `stacembed models list`")
     if "/" not in ref and "." not in ref:
         known = ", ".join(list_cards()) or "none"
         raise ModelError(f"unknown model {ref!r}: not a built-in card ({known}) nor a path or URL")

@@ -20,6 +20,15 @@ The card convention
   ``modalities``) and listing its bands in the order the backbone takes them. stacembed stacks
   every input's bands on one chip in the card's order; the wrapper splits the channels back into
   ``{name: tensor}``. A single-input backbone gets the chip tensor as is.
+- ``stacembed:optional_inputs`` (or ``stacembed:optional`` on an input): inputs the backbone runs
+  without. A chip whose channels of such an input are all 0 after scaling (the fill of a missing
+  item: no data) is run without it, chips that lack the same inputs together: TerraMind embeds
+  whatever subset of its modalities it is given (``terramind_vit.py`` 247-283), so a location
+  without a DEM gets the embedding of its other modalities, not of a DEM filled with its mean.
+- DOFA (``dofa_*_patch16_224``): ``model_bands`` is TerraTorch's build argument (it derives
+  wavelengths from it with its own table); the network is given each band's wavelength from the
+  run (the items' ``eo:center_wavelength``), else the card's ``eo:bands`` ``center_wavelength``,
+  else TerraTorch's (``DOFABackbone``). Its release (TorchGeo's DOFA state dict) loads as is.
 - ``value_scaling`` (per input): applied by stacembed; the backbones do not normalise again.
 - ``stacembed:pooling``: the default embedding (``forward``): ``mean`` (the default when absent)
   or ``max`` of the last layer's patch tokens (prefix tokens excluded; positions of a feature
@@ -50,12 +59,19 @@ What TerraTorch 1.2.11 does (read in the installed package, ``terratorch/models/
   ``PrithviViT`` does not apply.
 - Input: Prithvi takes ``(B, C, T, H, W)``, or ``(B, C, H, W)`` only when built with one frame
   (``prithvi_mae.py`` 491); the wrapper adds the time axis to single scenes.
+- DOFA (``dofa_vit.py``): ``DOFAEncoderWrapper`` holds TorchGeo's DOFA as ``dofa_model`` and
+  conditions it on its ``wavelengths`` attribute (lines 119-136: ``torch.tensor(self.wavelengths)``
+  passed to ``dofa_model.patch_embed``), derived from ``model_bands`` (155-165, 202, 221); it returns the
+  last block's tokens ``(B, 1 + h*w, D)``, cls first, without a norm (137-152). TorchGeo's DOFA
+  (``torchgeo/models/dofa.py`` 288-323) also builds ``fc_norm`` and ``head``, unused there and
+  absent from the released weights (474-485, 512-523 load them with only these missing).
 - Downloads: only with ``pretrained=True`` (``prithvi_vit.py`` 328-346, ``hf_hub_download``;
   ``terramind_register.py`` 529-534); ``ckpt_path`` is read with ``torch.load`` (line 522).
 """
 
 from __future__ import annotations
 
+import copy
 import enum
 import json
 from datetime import UTC, datetime
@@ -69,8 +85,9 @@ from ...errors import ModelError
 from ..card import MLM_SCHEMA, ModelCard
 from ..pooling import pool
 from ..registry import register_prefix
+from .spectral import batch_wavelengths, card_band_values, check_known
 
-__all__ = ["PREFIX", "TerraTorchBackbone", "build", "card_for", "registry_names"]
+__all__ = ["PREFIX", "DOFABackbone", "TerraTorchBackbone", "build", "card_for", "registry_names"]
 
 PREFIX = "terratorch"
 INSTALL = "pip install 'stacembed[terratorch]'"
@@ -122,7 +139,7 @@ def registry_names() -> list[str]:
 
 def _split_ref(ref: str) -> tuple[str, dict[str, Any]]:
     """``terratorch:NAME[?key=value&...]`` -> NAME and its build options (values: JSON, else
-    comma-separated lists, else strings; ``bands`` and ``modalities`` are always lists or dicts)."""
+    comma-separated lists, else strings; ``bands``, ``modalities`` and ``model_bands`` are always lists or dicts)."""
     body = ref.partition(":")[2]
     name, _, query = body.partition("?")
     options: dict[str, Any] = {}
@@ -131,7 +148,7 @@ def _split_ref(ref: str) -> tuple[str, dict[str, Any]]:
             value = json.loads(text)
         except ValueError:
             value = text.split(",") if "," in text else text
-        if key in ("bands", "modalities") and isinstance(value, str):
+        if key in ("bands", "modalities", "model_bands") and isinstance(value, str):
             value = [value]
         options[key] = value
     return name.strip(), options
@@ -183,12 +200,16 @@ class TerraTorchBackbone(nn.Module):
     """
 
     def __init__(self, model: nn.Module, name: str, *, inputs: tuple[tuple[str, int], ...] | None = None,
-                 pooling: str = "mean") -> None:
+                 pooling: str = "mean", optional: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.model = model
         self.name = name
         self.inputs = inputs
         self.pooling = pooling
+        # Inputs the network runs without (TerraMind takes any subset of its modalities): a chip
+        # whose channels of such an input are all 0 after scaling (no item there: no data, filled
+        # with 0) is run without it.
+        self.optional = frozenset(optional)
         self.num_prefix_tokens = _prefix_tokens(model)
         self.patch_size = _patch_size(model)
         proj = getattr(getattr(model, "patch_embed", None), "proj", None)
@@ -220,6 +241,13 @@ class TerraTorchBackbone(nn.Module):
             elif any(key.startswith("encoder.") and key.removeprefix("encoder.") in own for key in state):
                 state = {key.removeprefix("encoder."): value for key, value in state.items()
                          if key.startswith("encoder.")}
+            else:
+                # The network TerraTorch wraps, saved on its own: DOFA's release is torchgeo's DOFA
+                # state dict, which TerraTorch's DOFAEncoderWrapper holds as ``dofa_model``.
+                for child, _ in self.model.named_children():
+                    if any(f"{child}.{key}" in own for key in state):
+                        state = {f"{child}.{key}": value for key, value in state.items()}
+                        break
         kept = {f"model.{key}": value for key, value in state.items() if key in own}
         return kept or {f"model.{key}": value for key, value in state.items()}  # nothing fits: say what is there
 
@@ -243,14 +271,50 @@ class TerraTorchBackbone(nn.Module):
             # Prithvi spreads the time encoding over x.shape[1] // num_frames tokens per frame.
             raise ModelError(f"terratorch:{self.name} was built for {frames} time step(s), the chips have "
                              f"{arg.shape[2]}: set num_frames in mlm:hyperparameters (or ?num_frames=)")
-        out = self.model(arg, **context)
-        outs = list(out) if isinstance(out, (list, tuple)) else [out]
+        outs = self._without_missing(arg, context) if isinstance(arg, dict) and self.optional else None
+        if outs is None:
+            outs = self._call(arg, context)
         if self.layers:
             if len(outs) != len(self.layers):
                 raise ModelError(f"terratorch:{self.name} returned {len(outs)} outputs, expected one per layer "
                                  f"({len(self.layers)})")
             outs = [layer(o) for layer, o in zip(self.layers, outs, strict=True)]
         return outs
+
+    def _call(self, arg: Any, context: dict[str, torch.Tensor]) -> list[Any]:
+        """TerraTorch's forward, its output as a list (one entry per layer)."""
+        out = self.model(arg, **context)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    def _without_missing(self, arg: dict[str, torch.Tensor], context: dict[str, torch.Tensor]) -> list[Any] | None:
+        """The outputs when some chips lack an optional input (all its channels 0): each group of
+        chips that lack the same inputs is run on the inputs it has, as TerraMind runs on any
+        subset of its modalities (``terramind_vit.py`` 265-283: one token sequence per input
+        given); None when every chip has every input (or shapes only are computed)."""
+        names = [name for name in arg if name in self.optional]
+        if not names or any(t.is_meta for t in arg.values()):
+            return None
+        present = torch.stack([arg[name].flatten(1).ne(0).any(dim=1) for name in names], dim=1).cpu()
+        if bool(present.all()):
+            return None
+        patterns, group_of = torch.unique(present, dim=0, return_inverse=True)
+        batch = next(iter(arg.values())).shape[0]
+        merged: list[Any] = []
+        for group, pattern in enumerate(patterns):
+            index = (group_of == group).nonzero().flatten().to(next(iter(arg.values())).device)
+            missing = {name for name, there in zip(names, pattern.tolist(), strict=True) if not there}
+            given = {name: tensor[index] for name, tensor in arg.items() if name not in missing}
+            if not given:  # nothing but optional inputs, all missing: run on the zeros
+                given = {name: tensor[index] for name, tensor in arg.items()}
+            outs = self._call(given, {key: value[index] for key, value in context.items()})
+            if not all(isinstance(o, torch.Tensor) for o in outs):
+                raise ModelError(f"terratorch:{self.name} returns {type(outs[0]).__name__} per layer; chips "
+                                 "without an optional input need tensors (TerraMind: merge_method 'mean')")
+            if not merged:
+                merged = [o.new_empty((batch, *o.shape[1:])) for o in outs]
+            for whole, part in zip(merged, outs, strict=True):
+                whole[index] = part
+        return merged
 
     def forward_features(self, x: torch.Tensor, **context: torch.Tensor) -> torch.Tensor:
         last = self.outputs(x, **context)[-1]
@@ -263,6 +327,44 @@ class TerraTorchBackbone(nn.Module):
         features = self.forward_features(x, **context)
         grid = (x.shape[-2] // self.patch_size[0], x.shape[-1] // self.patch_size[1]) if self.patch_size else None
         return pool(features, self.pooling, self.num_prefix_tokens, grid)
+
+
+class DOFABackbone(TerraTorchBackbone):
+    """TerraTorch's DOFA (``DOFAEncoderWrapper``, ``dofa_vit.py`` 109-152) fed each band's wavelength.
+
+    TerraTorch's wrapper takes the wavelengths from its ``wavelengths`` attribute, which it
+    derives from ``model_bands`` with its own table (``dofa_vit.py`` 17-40, 155-165, 202, 221) and
+    reads in ``forward`` (line 134: ``torch.tensor(self.wavelengths)``, then
+    ``dofa_model.patch_embed(x, wavelist)``, line 136). Here each forward runs TerraTorch's
+    own ``forward`` on a shallow copy of the wrapper whose ``wavelengths`` are the run's
+    (``wavelengths`` context: the items' STAC), else the card's ``eo:bands`` (``defaults``);
+    the module itself is never changed, so concurrent calls do not interfere.
+
+    TerraTorch's output is the last block's tokens, cls first (lines 138-152), with no final
+    norm: the pooling leaves the cls token out (``num_prefix_tokens`` 1). DOFA's ``fc_norm``
+    and ``head`` (``torchgeo/models/dofa.py`` 288-323), which TerraTorch's forward never uses
+    and the released checkpoints do not hold (``dofa.py`` 474-485 allow exactly these keys
+    missing), are removed, so that the release loads strictly.
+    """
+
+    def __init__(self, model: nn.Module, name: str, *, wavelengths: tuple[float, ...], pooling: str = "mean") -> None:
+        dofa = model.dofa_model
+        dofa.fc_norm, dofa.head = nn.Identity(), nn.Identity()
+        super().__init__(model, name, pooling=pooling)
+        self.wavelengths = tuple(wavelengths)
+
+    @property
+    def context_inputs(self) -> tuple[str, ...]:
+        return ("wavelengths",)
+
+    def _call(self, arg: Any, context: dict[str, torch.Tensor]) -> list[Any]:
+        waves = batch_wavelengths(context.pop("wavelengths", None), self.wavelengths, f"terratorch:{self.name}")
+        if len(waves) != arg.shape[1]:
+            raise ModelError(f"terratorch:{self.name}: the chip has {arg.shape[1]} bands, {len(waves)} wavelengths")
+        model = copy.copy(self.model)  # the same parameters; only the copy's wavelengths differ
+        model.wavelengths = waves
+        out = model(arg, **context)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
 def _prefix_tokens(model: nn.Module) -> int:
@@ -325,10 +427,40 @@ def wrap(model: nn.Module, name: str, card: ModelCard) -> TerraTorchBackbone:
             raise ModelError(f"{where}: terratorch:{name} was built for {chans} bands, the card has "
                              f"{len(card.bands)} (set mlm:hyperparameters bands or in_chans)")
         inputs = None
-    backbone = TerraTorchBackbone(model, name, inputs=inputs, pooling=pooling)
+    backbone: TerraTorchBackbone
+    if _is_dofa(model):
+        backbone = DOFABackbone(model, name, wavelengths=_dofa_wavelengths(model, name, card, where), pooling=pooling)
+    else:
+        backbone = TerraTorchBackbone(model, name, inputs=inputs, pooling=pooling,
+                                      optional=_optional_inputs(card) if inputs else frozenset())
     if pooling == "cls" and backbone.num_prefix_tokens < 1:
         raise ModelError(f"{where}: stacembed:pooling 'cls', but terratorch:{name} has no cls token")
     return backbone
+
+
+def _is_dofa(model: nn.Module) -> bool:
+    """TerraTorch's ``DOFAEncoderWrapper``: torchgeo's DOFA as ``dofa_model``, and ``wavelengths``."""
+    return isinstance(getattr(model, "dofa_model", None), nn.Module) and hasattr(model, "wavelengths")
+
+
+def _dofa_wavelengths(model: nn.Module, name: str, card: ModelCard, where: str) -> tuple[float, ...]:
+    """The card's wavelength of each band (its ``eo:bands``), else TerraTorch's for ``model_bands``."""
+    stated = card_band_values(card)
+    derived = list(getattr(model, "wavelengths", None) or [])
+    if len(derived) == len(stated):
+        stated = tuple(w if w is not None else float(d) for w, d in zip(stated, derived, strict=True))
+    return check_known(stated, card.bands, "centre wavelength", f"{where} (terratorch:{name})")
+
+
+def _optional_inputs(card: ModelCard) -> frozenset[str]:
+    """The inputs a card says the model runs without: ``stacembed:optional_inputs`` and
+    ``stacembed:optional`` on an ``mlm:input`` entry (README "Several modalities")."""
+    props = card.item.get("properties", {}) if card.item else {}
+    listed = props.get("stacembed:optional_inputs") or []
+    names = {str(name).casefold() for name in listed} if isinstance(listed, list) else set()
+    names |= {str(e.get("name", "")).casefold() for e in props.get("mlm:input", [])
+              if isinstance(e, dict) and e.get("stacembed:optional")}
+    return frozenset(entry.name for entry in card.inputs if entry.name.casefold() in names)
 
 
 def _check_modalities(model: nn.Module, name: str, inputs: tuple[tuple[str, int], ...], where: str) -> None:
@@ -396,8 +528,11 @@ def card_for(ref: str) -> ModelCard:
                              "(TerraMind: S2L2A, S2L1C, S1GRD, S1RTC, RGB, DEM)")
         inputs = [_modality_input(model, name, modality, options, where) for modality in mapping]
     else:
-        inputs = [_single_input(model, name, where)]
-    size = options.get("img_size", getattr(model, "img_size", None))
+        # DOFA keeps no band names; its build took them as model_bands (dofa_vit.py 188-204).
+        given = options.get("model_bands") if _is_dofa(model) else None
+        inputs = [_single_input(model, name, where, given if isinstance(given, list) else None)]
+    size = options.get("img_size", next((m.img_size for m in _outer(model)
+                                         if isinstance(getattr(m, "img_size", None), (int, list, tuple))), None))
     size = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (list, tuple)) else ()
     height, width = size[-2:] if len(size) >= 2 else (None, None)
     if not isinstance(height, int) or not isinstance(width, int):
@@ -426,8 +561,8 @@ def _band_name(band: Any) -> str:
     return STAC_NAMES.get(str(text).upper(), str(text)) if isinstance(text, str) else str(text)
 
 
-def _single_input(model: nn.Module, name: str, where: str) -> dict[str, Any]:
-    bands = getattr(model, "model_bands", None)
+def _single_input(model: nn.Module, name: str, where: str, bands: list[Any] | None = None) -> dict[str, Any]:
+    bands = bands or getattr(model, "model_bands", None)
     if not bands or not all(isinstance(b, (str, enum.Enum)) for b in bands):
         chans = getattr(model, "in_chans", None)
         hint = (f"give them by name (--model '{PREFIX}:{name}?bands=BLUE,GREEN,RED') or " if bands else "")
