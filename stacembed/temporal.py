@@ -190,21 +190,43 @@ def _cloud(item: pystac.Item) -> float:
 def chip_context(names: tuple[str, ...], series: Series, chip_grid, chips,
                  wavelengths: tuple[float | None, ...] = ()) -> dict[str, np.ndarray]:
     """Per-chip extra model inputs: ``temporal_coords`` (n, T, 2) as (year, day of year) of each
-    acquisition, ``location_coords`` (n, 2) as (lat, lon) of each chip's centre, and
-    ``wavelengths`` (n, C): each band's centre wavelength in micrometres (NaN where unknown)."""
+    acquisition, ``acquisition_hour`` (n, T) as its hour of day (with minutes and seconds as a
+    fraction; both as written in the item's datetime), ``location_coords`` (n, 2) as (lat, lon)
+    of each chip's centre, ``gsd`` (n,) as the chip grid's pixel size in metres (projected CRS:
+    its resolution in the CRS's linear unit, converted; geographic CRS: the geodesic size of a
+    pixel at the chip's centre; the mean of its width and height), and ``wavelengths`` (n, C):
+    each band's centre wavelength in micrometres (NaN where unknown)."""
     context: dict[str, np.ndarray] = {}
     if "wavelengths" in names:
         row = np.array([np.nan if w is None else w for w in wavelengths], "float32")
         context["wavelengths"] = np.tile(row, (len(chips), 1))
+    timed = "temporal_coords" in names or "acquisition_hour" in names
+    times = [item_time_range(item)[0] for item in series.items] if timed else []
     if "temporal_coords" in names:
-        times = [item_time_range(item)[0] for item in series.items]
         pairs = [(t.year, t.timetuple().tm_yday) for t in times]
         context["temporal_coords"] = np.tile(np.asarray(pairs, "float32"), (len(chips), 1, 1))
-    if "location_coords" in names:
-        from pyproj import Transformer
+    if "acquisition_hour" in names:
+        hours = [t.hour + t.minute / 60 + t.second / 3600 for t in times]
+        context["acquisition_hour"] = np.tile(np.asarray(hours, "float32"), (len(chips), 1))
+    if "location_coords" in names or "gsd" in names:
+        from pyproj import CRS, Transformer
 
-        to_wgs84 = Transformer.from_crs(chip_grid.grid.crs.to_wkt(), "EPSG:4326", always_xy=True)
+        crs = CRS.from_wkt(chip_grid.grid.crs.to_wkt())
+        to_wgs84 = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
         bounds = np.array([chip_grid.bounds(c) for c in chips], "float64").reshape(-1, 4)
         lon, lat = to_wgs84.transform((bounds[:, 0] + bounds[:, 2]) / 2, (bounds[:, 1] + bounds[:, 3]) / 2)
-        context["location_coords"] = np.column_stack([lat, lon]).astype("float32")
+        lon, lat = np.atleast_1d(lon), np.atleast_1d(lat)
+        if "location_coords" in names:
+            context["location_coords"] = np.column_stack([lat, lon]).astype("float32")
+        if "gsd" in names:
+            width, height = (abs(v) for v in chip_grid.grid.resolution)
+            if crs.is_geographic:  # degrees: the pixel's geodesic width and height at each chip's centre
+                geod = crs.get_geod() or CRS("EPSG:4326").get_geod()
+                _, _, east = geod.inv(lon - width / 2, lat, lon + width / 2, lat)
+                _, _, north = geod.inv(lon, lat - height / 2, lon, lat + height / 2)
+                gsd = (np.asarray(east) + np.asarray(north)) / 2
+            else:
+                unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+                gsd = np.full(len(chips), (width + height) / 2 * unit)
+            context["gsd"] = np.asarray(gsd, "float32").reshape(len(chips))
     return context

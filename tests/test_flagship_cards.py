@@ -138,9 +138,12 @@ UNVERIFIED = {
         "file:checksum",  # of the Lightning checkpoint (the .pt2 model asset has its SHA-256)
         "input size",  # factory.py's example exports at 224, the published file is run at 256
         "torch.export compatibility",  # the .pt2 could not be downloaded to try it with torch 2.14
-        "batch of one",  # exported with a dynamic batch dimension of min 2
+        "batch of one",  # exported with min 2: padded per the program's range, the published range unread
         "S2 L2A digital numbers",
         "wavelength unit",  # basic_use.md (nm) disagrees with the training code (um)
+        "latlon order",  # how-to-embed.ipynb: lat first; stacchip prechip.py 158 + datamodule.py 77-78: lon first
+        "acquisition hour",  # how-to-embed.ipynb: the hour; stacchip prechip.py 152-154: always noon in training
+        "GPU",  # the CPU export on CUDA was not tried (no GPU here)
     ],
     "copernicus-fm-base": [
         "file:checksum",  # only TorchGeo's 8-hex file-name prefix 085350e4 is known
@@ -341,30 +344,45 @@ def test_copernicus_fm_is_torchgeos_copernicusfm_base():
 
 def test_clay_and_copernicus_fm_are_not_in_terratorchs_backbone_registry(registry):
     # TerraTorch 1.2.11 has Clay v1.5 only as a model factory (clay1_5_model_factory.py) and its
-    # registered clay_v1_base is Clay v1; Copernicus-FM it does not have (TorchGeo builds it).
-    assert item("clay-v1.5")["properties"]["stacembed:status"] == "needs-backbone"
+    # registered clay_v1_base is Clay v1; Copernicus-FM it does not have (TorchGeo builds it). Clay runs
+    # as its own exported program instead (stacembed:program_inputs; tests/test_clay.py).
+    assert "stacembed:program_inputs" in item("clay-v1.5")["properties"]
     assert item("copernicus-fm-base")["properties"]["mlm:architecture"].startswith("torchgeo:")
     names = set(registry["terratorch"])  # TerraTorch's own source, as stacembed's builder lists it
     assert not {n for n in names if "clay" in n or "copernicus" in n}
 
 
-def test_clay_stays_needs_backbone_because_its_program_takes_a_datacube():
-    """Clay's published encoder is a torch.export program whose forward takes one dict (pixels, time,
-    latlon, gsd, waves: claymodel/finetune/embedder/factory.py, EmbeddingEncoder.forward); stacembed
-    runs a .pt2 with the chip tensor alone, and no architecture of that name is registered."""
+def test_clay_runs_as_its_exported_program_fed_the_datacube_clay_builds():
+    """Clay's published encoder is a torch.export program whose forward takes one dict (Clay-foundation/
+    model@a5790cef claymodel/finetune/embedder/factory.py 107-114: pixels, time, latlon, gsd, waves;
+    example shapes 187-197: time [B, 4], latlon [B, 4], waves [C], gsd [1]) and returns the class token
+    (136-137). The card says what stacembed puts under each key, in Clay's order and encoding
+    (how-to-embed.ipynb 239-264, 277-283: [sin, cos] of the ISO week x 2 pi / 52 and of the hour x 2 pi / 24;
+    [sin, cos] of latitude and of longitude in radians; gsd 10 m for Sentinel-2, metadata.yaml 17). The
+    run itself is tested on a stand-in program with this signature (tests/test_clay.py)."""
     from stacembed.errors import ModelError
-    from stacembed.models.weights import ExportedModel
+    from stacembed.models.backbones.datacube import ProgramInputs
 
     props = item("clay-v1.5")["properties"]
-    assert props["stacembed:status"] == "needs-backbone"
-    note = props["stacembed:status_note"]
-    for needed in ("pixels", "time", "latlon", "gsd", "waves", "minimum of two", "ground sampling distance",
-                   "acquisition hour"):
-        assert needed in note
+    assert "stacembed:status" not in props and "stacembed:status_note" not in props
+    assert props["stacembed:program_inputs"] == {
+        "pixels": "pixels",
+        "time": ["sin_week", "cos_week", "sin_hour", "cos_hour"],
+        "latlon": ["sin_lat", "cos_lat", "sin_lon", "cos_lon"],
+        "gsd": "gsd",
+        "waves": "wavelengths",
+    }
+    card = load_card(str(CARDS["clay-v1.5"]))
+    inputs = ProgramInputs.from_card(card)
+    assert inputs.pixels_key == "pixels"
+    assert inputs.context_inputs == ("temporal_coords", "acquisition_hour", "location_coords", "gsd", "wavelengths")
+    auxiliary = {e["name"]: e["input"]["shape"] for e in props["mlm:input"] if not e["bands"]}
+    assert auxiliary == {"time": [-1, 4], "latlon": [-1, 4], "gsd": [1], "waves": [len(card.bands)]}
+    assert props["mlm:hyperparameters"]["gsd"] == 10
     assert model_asset(item("clay-v1.5"))["mlm:artifact_type"] == "torch.export.save"
-    assert list(inspect.signature(ExportedModel.forward).parameters) == ["self", "x"]  # the chip, nothing else
-    with pytest.raises(ModelError, match="neither registered"):
-        create_backbone(load_card(str(CARDS["clay-v1.5"])))
+    # There is no untrained network: the program is the model.
+    with pytest.raises(ModelError, match="no untrained network"):
+        create_backbone(card)
 
 
 def test_terramind_cards_read_s1_as_db_and_run_without_any_input(registry):

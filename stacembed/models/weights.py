@@ -8,14 +8,17 @@ download (SHA-256 checked, written atomically) unless offline (``--offline``,
 
 Artifacts: safetensors and torch state dicts (read with ``weights_only=True``) are loaded into
 the card's architecture; TorchScript archives and ``torch.export`` programs (``.pt2``) *are*
-the model, so a network from any codebase runs without its source. None of these unpickles
-arbitrary Python objects; a checkpoint that would need it is refused.
+the model, so a network from any codebase runs without its source. A program that takes one
+dict instead of the chip tensor (Clay v1.5's encoder) runs through its card's
+``stacembed:program_inputs``, which says what each key receives (``backbones/datacube.py``).
+None of these unpickles arbitrary Python objects; a checkpoint that would need it is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -189,16 +192,53 @@ class ExportedModel(nn.Module):
 
 
 def load_artifact(path: Path, declared: str | None = None) -> nn.Module | None:
-    """The model itself when ``path`` is a TorchScript or torch.export artifact, else None."""
+    """The model itself when ``path`` is a TorchScript or torch.export artifact that runs on the chip
+    tensor, else None: weights for the card's architecture, or a program that takes one dict, which
+    only its card can describe (``create_with_weights`` runs it; the program read here is kept for
+    it, so the file is read once)."""
     kind = artifact_kind(path, declared)
     try:
         if kind == "torchscript":
             return torch.jit.load(str(path), map_location="cpu")
         if kind == "export":
-            return ExportedModel(torch.export.load(str(path)).module())
+            from .backbones.datacube import dict_argument_keys
+
+            program = torch.export.load(str(path))
+            if dict_argument_keys(program) is not None:
+                _keep_program(path, program)
+                return None
+            return ExportedModel(program.module())
     except Exception as exc:
         raise ModelError(f"cannot load {kind} model {path}: {str(exc).splitlines()[0][:200]}") from None
     return None
+
+
+# The dict-taking program ``load_artifact`` read last, until ``create_with_weights`` takes it.
+_KEPT: dict[tuple[str, int, int], torch.export.ExportedProgram] = {}
+_KEPT_LOCK = threading.Lock()
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
+
+
+def _keep_program(path: Path, program: torch.export.ExportedProgram) -> None:
+    with _KEPT_LOCK:
+        _KEPT.clear()  # one at most: a program can hold a large model's weights
+        _KEPT[_file_key(path)] = program
+
+
+def load_program(path: Path) -> torch.export.ExportedProgram:
+    """The torch.export program in ``path`` (the one ``load_artifact`` just read, if it is this file)."""
+    with _KEPT_LOCK:
+        program = _KEPT.pop(_file_key(path), None)
+    if program is not None:
+        return program
+    try:
+        return torch.export.load(str(path))
+    except Exception as exc:
+        raise ModelError(f"cannot load export model {path}: {str(exc).splitlines()[0][:200]}") from None
 
 
 def load_weights(model: nn.Module, path: Path, *, assign: bool = False) -> None:
@@ -232,7 +272,21 @@ def create_with_weights(card: ModelCard, path: Path) -> nn.Module:
     costs: 10 s for a ViT-L on 2 cores (0.35 s this way), and twice the model's memory. A
     network that needs real tensors to be built, or keeps tensors no checkpoint holds
     (non-persistent buffers, e.g. Swin's relative position index), is built the ordinary way.
+
+    A torch.export program that takes one dict (``load_artifact`` leaves it to the card) is the
+    model, fed per the card's ``stacembed:program_inputs`` (``backbones.datacube.DatacubeProgram``).
     """
+    if artifact_kind(path, card.artifact_type) == "export":
+        from .backbones.datacube import FIELD, DatacubeProgram, dict_argument_keys
+
+        program = load_program(path)
+        keys = dict_argument_keys(program)
+        if keys is None:
+            return ExportedModel(program.module())
+        if FIELD not in (card.item.get("properties", {}) if card.item else {}):
+            raise ModelError(f"the exported program {path} takes one dict ({', '.join(keys)}), not the chips; "
+                             f"model card {card.href} must say what each key receives ({FIELD})")
+        return DatacubeProgram(card, program)
     try:
         with torch.device("meta"):
             model = create_backbone(card)
