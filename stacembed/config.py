@@ -291,14 +291,16 @@ def _coerce(key: str, value: Any, filter_lang: str | None = None) -> Any:
 
 
 def _parse_bands(value: Any) -> dict[str, str]:
-    """``--band NAME=ASSET`` (repeatable): use asset ASSET for the model's band NAME."""
+    """``--band NAME=ASSET`` (repeatable): use asset ASSET for the model's band NAME; ``NAME=ASSET:VARIABLE``
+    names a variable (or a path, ``group/variable``) of a Zarr or NetCDF asset (``bands.match_bands``)."""
     if isinstance(value, Mapping):
         return {str(k): str(v) for k, v in value.items()}
     bands = {}
     for pair in _as_tuple(value):
         name, sep, asset = pair.partition("=")
         if not sep or not name.strip() or not asset.strip():
-            raise ConfigError(f"--band needs MODEL_BAND=ASSET_KEY, e.g. nir=B08; got {pair!r}")
+            raise ConfigError(f"--band needs MODEL_BAND=ASSET_KEY (or ASSET_KEY:VARIABLE for a Zarr or NetCDF "
+                              f"asset), e.g. nir=B08 or nir=SR_10m:b08; got {pair!r}")
         bands[name.strip()] = asset.strip()
     return bands
 

@@ -6,6 +6,12 @@ that georeferencing is computed in exactly one place.
 By default an item is read on its source's own grid (``native_grid``): no resampling happens,
 and every pixel read is a pixel of the file. Resampling happens only when the caller asks for
 another CRS or resolution (``target_grid``), and then with the named method.
+
+A band's grid (``band_grid``) is its GeoTIFF's header, or for a variable of a Zarr store or
+NetCDF file, what the store's own metadata says (``readers.zarr``: CF grid mapping, ``proj:`` and
+GeoZarr attributes, 1-D coordinates, else the STAC asset's ``proj:*``). A multiscale store (EOPF's
+``r10m``/``r20m``/``r60m``) is read at the level of the resolution a run asks for
+(``bands_at_resolution``), as the producer made it, rather than resampled.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pystac
@@ -155,24 +161,66 @@ def gdal_reason(exc: BaseException) -> str:
     return redact_text(messages[-1] if messages else "unknown GDAL error")
 
 
-def native_grid(item: pystac.Item, bands: list[BandSource]) -> Grid:
+def band_grid(band: BandSource) -> Grid:
+    """The grid of one band: its raster's header, or its store's own georeferencing (``readers.zarr``)."""
+    if band.format is None:
+        return read_grid(band.href)
+    from .readers.zarr import variable_grid
+
+    crs, transform, width, height = variable_grid(band.href, band.format, band.variable, band.proj)
+    return _store_grid(crs, transform, width, height)
+
+
+@functools.lru_cache(maxsize=256)
+def _store_grid(crs: str, transform: tuple[float, ...], width: int, height: int) -> Grid:
+    try:
+        return Grid(CRS.from_user_input(crs), Affine(*transform), width, height)
+    except rasterio.errors.CRSError as exc:
+        raise ReadError(f"a store's CRS cannot be used: {exc}") from None
+
+
+def native_grid(item: pystac.Item, bands: list[BandSource], *, explicit: bool = False) -> Grid:
     """The common grid of the bands' files, read from their headers (the ground truth).
 
     Bands on different grids (e.g. 10 m and 20 m Sentinel-2 bands) have no common native
-    grid; rather than resample silently we ask the user to choose a resolution.
+    grid; rather than resample silently we ask the user to choose a resolution. With
+    ``explicit`` (the run asks for ``--resolution`` or ``--crs``, so every band is resampled
+    onto that grid anyway) the grid of the finest band stands for the item (the first of the
+    finest), and ``target_grid`` derives the run's grid from it.
     """
-    grids = {band.name: read_grid(band.href) for band in bands}
+    stores = [band.name for band in bands if band.format]
+    if stores and len(stores) != len(bands):
+        rasters = [band.name for band in bands if not band.format]
+        raise BandError(f"item {item.id!r}: bands {', '.join(stores)} are in Zarr/NetCDF assets and bands "
+                        f"{', '.join(rasters)} in rasters; the bands of one item are read from one kind of asset")
+    grids = {band.name: band_grid(band) for band in bands}
     first = next(iter(grids.values()))
     different = [name for name, grid in grids.items() if grid != first]
-    if different:
-        resolutions = sorted({f"{abs(g.transform.a):g}" for g in grids.values()})
+    if different and not explicit:
+        resolutions = sorted({f"{abs(g.transform.a):g}" for g in grids.values()}, key=float)
         raise BandError(
             f"item {item.id!r}: bands {', '.join(grids)} are not on one pixel grid "
             f"(resolutions {', '.join(resolutions)}); pass --resolution (and --resampling) to "
             "resample them explicitly"
         )
+    if different:
+        first = min(grids.values(), key=lambda g: abs(g.transform.a * g.transform.e))
     first.check_north_up(f"item {item.id!r}")
     return first
+
+
+def bands_at_resolution(bands: list[BandSource], resolution: float | None) -> list[BandSource]:
+    """``bands``, each band of a multiscale Zarr store moved to the store's own level at
+    ``resolution`` where the store has one (``readers.zarr.level_at``); other bands as they are."""
+    if resolution is None or not any(band.format for band in bands):
+        return bands
+    from .readers.zarr import level_at
+
+    moved = []
+    for band in bands:
+        path = level_at(band.href, band.format, band.variable, band.proj, resolution) if band.format else None
+        moved.append(replace(band, variable=path) if path else band)
+    return moved
 
 
 def target_grid(native: Grid, crs: str | None, resolution: float | None) -> Grid:

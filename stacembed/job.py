@@ -36,7 +36,7 @@ from .config import RunConfig
 from .embed import Embedder, configure_threads, default_prefetch, default_streams, select_device
 from .errors import BandError, ResolveError
 from .feed import FeedSpec, feed
-from .grid import Grid, native_grid, target_grid
+from .grid import Grid, bands_at_resolution, native_grid, target_grid
 from .layout import OutputLayout, file_sha256, safe_name, write_json
 from .models import ModelCard, resolve_card
 from .models.weights import resolve_weights
@@ -44,7 +44,7 @@ from .readers import Reader
 from .readers.modal import ModalityRead, ModalReader, describe_resampling
 from .resolve import Search
 from .resolve.modalities import Modality, card_modalities, companion_search, primary_search
-from .temporal import Series, build_series, chip_context, pair_modalities
+from .temporal import Acquisition, Series, build_series, chip_context, pair_modalities
 from .writers import EmbeddingLayout, SourceInfo, open_writer
 
 log = logging.getLogger("stacembed")
@@ -228,13 +228,22 @@ class Inputs:
 
     def plan_item(self, series: Series) -> ItemPlan:
         """The chip grid of ``series``: on its first item's native grid, or the one
-        ``--crs``/``--resolution`` ask for."""
+        ``--crs``/``--resolution`` ask for. With ``--resolution``, bands of a multiscale Zarr
+        store are read at the store's own level of that resolution (``grid.bands_at_resolution``)."""
+        explicit = bool(self.config.crs or self.config.resolution)
+        if self.config.resolution and any(band.format for a in series.acquisitions for band in a.bands):
+            series = replace(series, acquisitions=tuple(
+                Acquisition(a.item, bands_at_resolution(a.bands, self.config.resolution))
+                for a in series.acquisitions))
         first = series.acquisitions[0]
-        grid = native_grid(first.item, first.bands)
+        grid = native_grid(first.item, first.bands, explicit=explicit)
         target = grid
-        if self.config.crs or self.config.resolution:
+        if explicit:
             target = target_grid(grid, self.config.crs, self.config.resolution)
         reads = self.reads_of(series) if self.modalities else ()
+        if any(band.format for read in reads for _, bands in read.sources for band in bands):
+            raise BandError(f"item {series.id!r}: another input of the model is in a Zarr store or NetCDF file; "
+                            "only the primary input is read from those, the others must be rasters (GeoTIFF)")
         return ItemPlan(series, ChipGrid(target, self.chip_size, self.stride), grid, reads)
 
     def feed_spec(self, plan: ItemPlan, batch_size: int, rows: range | None = None) -> FeedSpec:

@@ -11,6 +11,10 @@ chooses one:
   loader asked for by name. Its module imports xarray, dask and the loader, so it is imported
   only when chosen: a run on the native grid starts without them.
 
+- ``ArrayReader`` (``readers.zarr``): bands that are variables of Zarr stores or NetCDF files,
+  read chunk-wise on their own grid, or resampled onto the run's grid window by window. Its
+  module imports zarr (and xarray for NetCDF) only when such a band is read.
+
 ``ModalReader`` (``readers.modal``) goes around either for a model of several inputs: it warps the
 same window of every other modality onto the primary's grid (``WarpedVRT``, exact transformer)
 and returns all bands in the card's order (``job.ModalFeedSpec`` opens it).
@@ -24,7 +28,8 @@ import numpy as np
 import pystac
 
 from ..bands import BandSource
-from ..grid import Grid
+from ..errors import ConfigError
+from ..grid import Grid, band_grid, read_grid
 from .direct import DirectReader
 
 
@@ -54,9 +59,19 @@ def open_reader(
     loader: str = "auto", resampling: str = "nearest", chunks: tuple[int, int] = (512, 512),
     gdal_options: dict[str, Any] | None = None, threads: int = 1,
 ) -> Reader:
-    """The files directly when ``grid`` is theirs (``auto``), else a lazy stackstac / odc-stac
-    stack on ``grid`` (resampling, or a loader asked for by name) read with ``threads``."""
-    if loader == "auto" and grid == source_grid:
+    """The files directly when ``grid`` is every band's own (``auto``), else a lazy stackstac /
+    odc-stac stack on ``grid`` (resampling, or a loader asked for by name) read with ``threads``;
+    bands of Zarr stores or NetCDF files by ``readers.zarr.ArrayReader`` (which resamples itself)."""
+    bands = [band for _, item_bands in series for band in item_bands]
+    if any(band.format for band in bands):
+        if loader != "auto":
+            raise ConfigError(f"--loader {loader} reads rasters through GDAL; bands of Zarr stores and NetCDF "
+                              "files are read by stacembed's array reader: leave --loader auto")
+        from .zarr import ArrayReader
+
+        grids = [[band_grid(band) for band in item_bands] for _, item_bands in series]
+        return ArrayReader(series, grid, grids, resampling=resampling)
+    if loader == "auto" and grid == source_grid and all(read_grid(band.href) == grid for band in bands):
         return DirectReader(series, source_grid)
     from .stack import StackReader, stack_series
 
