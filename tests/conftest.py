@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +175,18 @@ def cli():
         return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(autouse=True)
+def _torch_float32_precision_kept():
+    """Keep one test's library imports from changing the arithmetic of the next ones.
+
+    Importing TerraTorch (its clay_v15 module) sets torch's float32 matmul precision to "medium"
+    for the whole process, and oneDNN then multiplies float32 in bfloat16 on the CPU. stacembed
+    undoes that where it imports TerraTorch; tests that import it directly are undone here, so
+    that the bit-for-bit comparisons of later tests see torch's default ("highest").
+    """
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_float32_matmul_precision() != "highest":
+        torch.set_float32_matmul_precision("highest")

@@ -548,3 +548,19 @@ def test_torchgeo_cards_are_checked_with_one_line_errors(tmp_path):
         backbone = create_backbone(card())
     trained = {"fc_norm.weight": torch.full((768,), 2.0), "fc_norm.bias": torch.zeros(768)}
     one_line_model_error(lambda: backbone.checkpoint_filter(trained), "trained fc_norm")
+
+
+def test_building_a_terratorch_backbone_leaves_torch_float32_precision_as_it_was():
+    """TerraTorch's clay_v15 module sets torch's float32 matmul precision to "medium" when imported
+    (oneDNN then multiplies float32 in bfloat16 on the CPU): stacembed undoes it, so importing the
+    extra never changes the embeddings of any model run after it in the same process."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from stacembed.models.backbones.terratorch import registry_names; "
+            "names = registry_names(); from stacembed.models.backbones.torchgeo import _models; _models(); "
+            "import stacembed.models.backbones.terratorch as t; "
+            "t._terratorch('terratorch.models.backbones.clay_v15.model'); "
+            "print(len(names) > 0, torch.get_float32_matmul_precision())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "highest"]

@@ -73,7 +73,10 @@ from __future__ import annotations
 
 import copy
 import enum
+import importlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -107,13 +110,33 @@ STAC_NAMES = {
 
 # -- TerraTorch, on first use ---------------------------------------------------------------------
 
+@contextmanager
+def torch_settings_kept() -> Iterator[None]:
+    """Undo what importing TerraTorch does to torch for the whole process.
+
+    TerraTorch 1.2.11's ``models/backbones/clay_v15/model.py`` (line 16) calls
+    ``torch.set_float32_matmul_precision("medium")`` when imported: oneDNN then computes float32
+    matrix products in bfloat16 on the CPU, so every embedding made after it, by any model, would
+    silently change. The precision in force before the import is put back.
+    """
+    precision = torch.get_float32_matmul_precision()
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+
+
+def _terratorch(module: str) -> Any:
+    """A TerraTorch module, imported on the CPU (``create_with_weights`` builds on "meta", and
+    tensors made at import time must be real) without its global torch settings."""
+    with torch.device("cpu"), torch_settings_kept():
+        return importlib.import_module(module)
+
+
 def _registry():
     """TerraTorch's ``BACKBONE_REGISTRY``; a one-line ModelError naming the extra when it is missing."""
     try:
-        # On the CPU whatever device is the default: ``create_with_weights`` builds on "meta", and
-        # tensors TerraTorch (or a library it imports) creates at import time must be real.
-        with torch.device("cpu"):
-            from terratorch.registry import BACKBONE_REGISTRY
+        BACKBONE_REGISTRY = _terratorch("terratorch.registry").BACKBONE_REGISTRY
     except ImportError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"terratorch: backbones need TerraTorch, which cannot be imported ({reason}); "
@@ -579,9 +602,7 @@ def _modality_input(model: nn.Module, name: str, modality: str, options: dict[st
     given = options.get("bands")
     raw = given.get(modality) if isinstance(given, dict) else None
     if raw is None:
-        from terratorch.models.backbones.terramind.model.terramind_register import PRETRAINED_BANDS
-
-        raw = PRETRAINED_BANDS.get(key)
+        raw = _terratorch("terratorch.models.backbones.terramind.model.terramind_register").PRETRAINED_BANDS.get(key)
     if not raw:
         raise ModelError(f"{where}: TerraTorch names no bands for modality {modality} ({key}); give them: "
                          f"bands={{\"{modality}\": [...]}} (JSON) in the reference, or write an MLM card")
@@ -599,8 +620,7 @@ def _z_scores(bands: list[str], known: list[str], means: list[float], stds: list
 
 
 def _prithvi_scaling(name: str, bands: list[str]) -> list[dict[str, Any]] | None:
-    from terratorch.models.backbones import prithvi_vit
-
+    prithvi_vit = _terratorch("terratorch.models.backbones.prithvi_vit")
     config = prithvi_vit.prithvi_cfgs.get(name.removeprefix("terratorch_"))
     if config is None:
         return None
@@ -609,7 +629,7 @@ def _prithvi_scaling(name: str, bands: list[str]) -> list[dict[str, Any]] | None
 
 
 def _terramind_scaling(name: str, key: str, bands: list[str]) -> list[dict[str, Any]] | None:
-    from terratorch.models.backbones.terramind.model import terramind_register as tm
+    tm = _terratorch("terratorch.models.backbones.terramind.model.terramind_register")
 
     means, stds = ((tm.v01_pretraining_mean, tm.v01_pretraining_std) if "v01" in name
                    else (tm.v1_pretraining_mean, tm.v1_pretraining_std))

@@ -50,6 +50,7 @@ from ...errors import ModelError
 from ..card import ModelCard
 from ..registry import register_prefix
 from .spectral import batch_wavelengths, card_band_values, check_known
+from .terratorch import torch_settings_kept
 
 __all__ = ["PREFIX", "CopernicusFMBackbone", "build"]
 
@@ -62,7 +63,9 @@ SUPPORTED = {"copernicusfm_base": "Copernicus-FM"}  # the functions this module 
 def _models():
     """``torchgeo.models``; a one-line ModelError naming the install when it is missing."""
     try:
-        with torch.device("cpu"):  # tensors made at import time must be real, whatever the default device
+        # Tensors made at import time must be real, whatever the default device; and TorchGeo may
+        # import TerraTorch's modules, which change torch's matmul precision (see terratorch.py).
+        with torch.device("cpu"), torch_settings_kept():
             import torchgeo.models as models
     except ImportError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
