@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -106,6 +107,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:
+            # The reader went away (`stacembed models list | head`): stop quietly, as Unix tools do;
+            # stdout goes to /dev/null so that Python's flush at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except StacembedError as exc:
             if not ctx.meta.get("stacembed.verbose"):
                 click.echo(f"stacembed: error: {redact_text(str(exc))}", err=True)

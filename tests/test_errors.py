@@ -87,3 +87,13 @@ def test_traceback_only_with_verbose(synthetic_catalog, tmp_path):
     catalog = synthetic_catalog("1.1", n_items=1, shape=(40, 40))
     result = run_cli("run", "--catalog", catalog, "--collection", "nope", "--out", tmp_path / "o", "-v")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_a_closed_pipe_stops_a_listing_quietly():
+    """`stacembed models list | head -1`: the reader leaves early; no traceback on stderr."""
+    import subprocess
+    import sys
+
+    shell = f"{sys.executable} -m stacembed models list | head -1"
+    done = subprocess.run(["bash", "-c", f"set -o pipefail; {shell}"], capture_output=True, text=True)
+    assert done.stdout.count("\n") == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
