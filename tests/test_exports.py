@@ -9,10 +9,8 @@ pyarrow, geopandas, DuckDB and GDAL; expected vectors and footprints come from t
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -28,11 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-import pyogrio
 import pytest
 import shapely
 from conftest import make_catalog, make_item
 from pyproj import CRS, Transformer
+from test_interop import gdal_environment
 
 from stacembed import RunConfig, run
 from stacembed.embeddings import EmbeddingCatalog, open_embeddings, read_geoparquet
@@ -361,22 +359,6 @@ import json, sys, pyogrio
 frame = pyogrio.read_dataframe(sys.argv[1], use_arrow=True)
 print(json.dumps([len(frame), pyogrio.read_info(sys.argv[1])["features"], frame.geometry.isna().sum().item()]))
 """
-
-
-def gdal_environment(tmp_path: Path) -> dict[str, str]:
-    """GDAL's Parquet driver, or its ADBC driver over DuckDB (as tests/test_interop.py)."""
-    drivers = pyogrio.list_drivers()
-    env = dict(os.environ)
-    if "Parquet" in drivers:
-        return env
-    spec = importlib.util.find_spec("_duckdb") or importlib.util.find_spec("duckdb.duckdb")
-    if "ADBC" not in drivers or spec is None or not spec.origin:
-        pytest.skip("pyogrio's GDAL has neither the Parquet driver nor ADBC with DuckDB")
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    (lib / "libduckdb.so").symlink_to(spec.origin)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(lib), env.get("LD_LIBRARY_PATH")) if p)
-    return env
 
 
 def test_a_partitioned_joint_table_is_a_hive_dataset_sorted_in_each_file(runs, tmp_path):
