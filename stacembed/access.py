@@ -13,7 +13,8 @@ never to another host its documents link to, nor to GDAL; ``asset_headers``
 path-specific options (``VSISetPathSpecificOption``), so GDAL headers cannot be scoped to a host.
 
 Two redactions, both here: ``redact_text`` is what a message shows of URLs (scheme, host and
-path; every query value, any userinfo and known header values masked as ``***``), applied to
+path; every query value, any userinfo, known header values and the credentials GDAL and s3fs
+are given, ``credential_values``, masked as ``***``), applied to
 every log record of stacembed and the network libraries (``install_log_redaction``; GDAL's
 messages come through rasterio's loggers) and to the CLI's errors; ``redact`` is what an href
 written to an output becomes (no userinfo and no query, unless the query is kept on request).
@@ -63,6 +64,9 @@ _SECRET_PARAMS = re.compile(
 # the punctuation of the sentence around it), and HTTP credentials as a server may echo them.
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#'\"<>]+@")
 _PARAM_VALUE = re.compile(r"(?P<key>[?&#][^\s=&#?'\"<>]+)=[^\s&#'\"<>]*?(?=[.,;:)\]]*(?:[\s&#'\"<>]|$))")
+# GDAL config options (and environment variables) whose values are credentials.
+_CREDENTIAL_OPTION = re.compile(r"^(AWS|GS|GOOGLE|AZURE|OSS|SWIFT|GDAL_HTTP)_(\w*_)?"
+                                r"(SECRET|TOKEN|PASSWORD|USERPWD|BEARER|CONNECTION_STRING|KEY)$", re.IGNORECASE)
 _CREDENTIALS = re.compile(r"\b(?P<scheme>Basic|Bearer) [A-Za-z0-9\-._~+/]{8,}=*")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Header values in use in this process, longest first, masked wherever a message repeats them (a
@@ -71,9 +75,10 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _secrets: tuple[str, ...] = ()
 _LOCK = threading.Lock()
 # The loggers whose records may hold URLs: stacembed's own and those of the libraries that talk
-# to the network for it (GDAL's messages are logged by rasterio._env and rasterio._err).
+# to the network for it (GDAL's messages are logged by rasterio._env and rasterio._err; s3fs's
+# requests by botocore, whose debug records hold every header sent, a session token's included).
 _REDACTED_LOGGERS = frozenset({"stacembed", "rasterio", "pystac", "pystac_client", "urllib3", "requests",
-                               "stackstac", "odc"})
+                               "stackstac", "odc", "fsspec", "s3fs", "botocore", "aiobotocore", "aiohttp", "zarr"})
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,12 @@ class Access:
             raise ConfigError(f"--timeout must be > 0 seconds, got {self.timeout}")
         if self.retries < 0:
             raise ConfigError(f"--retries must be >= 0, got {self.retries}")
-        remember_secrets(self.headers.values(), self.asset_headers.values())
+        refused = [key for key in self.gdal if key.upper() in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
+        if refused:  # rasterio.Env raises on them; and never echo the value
+            raise ConfigError(f"--gdal {refused[0]}: S3 credentials are read from the environment "
+                              "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or an AWS profile "
+                              "(AWS_PROFILE), not from GDAL options")
+        remember_secrets(self.headers.values(), self.asset_headers.values(), credential_values(self.gdal))
 
     def gdal_options(self) -> dict[str, str | int]:
         """GDAL config options for reading assets: timeouts, retries with backoff (dropped
@@ -107,7 +117,8 @@ class Access:
         masked on their way through rasterio's loggers (``install_log_redaction``).
         """
         install_log_redaction()
-        remember_secrets(self.headers.values(), self.asset_headers.values())  # a copy unpickled on a worker
+        # A copy unpickled on a worker, whose environment may hold other credentials.
+        remember_secrets(self.headers.values(), self.asset_headers.values(), credential_values(self.gdal))
         options: dict[str, str | int] = {
             "GDAL_HTTP_TIMEOUT": str(int(max(1, self.timeout))),
             "GDAL_HTTP_MAX_RETRY": str(self.retries),
@@ -305,6 +316,14 @@ def redact_headers(text: str, headers: Mapping[str, str]) -> str:
         if len(value) >= 4:
             text = text.replace(value, "REDACTED")
     return text
+
+
+def credential_values(gdal: Mapping[str, str], env: Mapping[str, str] = os.environ) -> list[str]:
+    """The values of the credentials that GDAL and s3fs read (``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_SESSION_TOKEN``, ``GS_SECRET_ACCESS_KEY``, ``AZURE_STORAGE_SAS_TOKEN``, ``GDAL_HTTP_USERPWD``...),
+    given as ``--gdal`` options or in the environment: for ``remember_secrets``."""
+    return [str(value) for options in (gdal, env) for key, value in options.items()
+            if _CREDENTIAL_OPTION.match(key) and value]
 
 
 def remember_secrets(*values: Iterable[str]) -> None:

@@ -35,6 +35,8 @@ _SKIP_ROLES = {"thumbnail", "overview", "visual", "metadata"}
 ZARR_TYPES = ("application/vnd+zarr", "application/vnd.zarr", "application/x-zarr", "application/zarr")
 NETCDF_TYPES = ("application/netcdf", "application/x-netcdf", "application/x-netcdf4", "application/netcdf4")
 # The STAC projection fields kept for a store that carries no georeferencing of its own.
+# A band of an array-store asset may name its variable (``readers.zarr``: a path, ``name[dim=index,...]``).
+VARIABLE_FIELD = "stacembed:variable"
 _PROJ_FIELDS = ("proj:code", "proj:epsg", "proj:wkt2", "proj:projjson", "proj:transform", "proj:shape", "proj:bbox")
 
 
@@ -59,8 +61,11 @@ class BandSource:
 
 def array_format(media_type: str | None, href: str) -> str | None:
     """``"zarr"`` or ``"netcdf"`` when an asset is an array store, by its media type, else by the
-    href's suffix (``.zarr``, a path inside one, ``.nc``/``.nc4``); None for anything else."""
+    href's suffix (``.zarr``, a path inside one, ``.nc``/``.nc4``); a zipped Zarr store (``.zarr.zip``,
+    ``application/zip``) by its suffix; None for anything else."""
     kind = (media_type or "").split(";")[0].strip().lower()
+    if kind in ("", "application/zip") and ".zarr.zip" in href.split("?", 1)[0].lower():
+        return "zarr"
     if kind in ZARR_TYPES:
         return "zarr"
     if kind in NETCDF_TYPES:
@@ -256,10 +261,20 @@ def _source(key: str, asset: pystac.Asset, fields: dict, band: dict, i: int,
         wavelength=float(wavelength) if _is_number(wavelength) else None,
         categorical=pick("classification:classes", "classification:bitfields") is not None,
         format=fmt,
-        # A store's group of several bands: the band's name is its variable's (matched case-insensitively).
-        variable=str(band["name"]) if fmt and len(bands) > 1 and band.get("name") else None,
+        variable=_variable(fmt, band, len(bands)),
         proj=_proj_fields(fields, item) if fmt else None,
     )
+
+
+def _variable(fmt: str | None, band: dict, count: int) -> str | None:
+    """The store variable of an array-store asset's band: its ``stacembed:variable`` (a path, with an
+    index selection ``name[dim=index,...]``: a sample cube's bands), else, in a group of several bands,
+    the band's name (matched case-insensitively); None: the asset's href is the array itself."""
+    if not fmt:
+        return None
+    if band.get(VARIABLE_FIELD):
+        return str(band[VARIABLE_FIELD])
+    return str(band["name"]) if count > 1 and band.get("name") else None
 
 
 def _proj_fields(fields: dict, item: pystac.Item | None) -> str | None:

@@ -7,6 +7,14 @@ file v2.1.0 and processing v1.2.0 extensions, plus the extensions of the source 
 keep; the collection declares embeddings, item-assets v1.0.0 (``item_assets`` is core only
 from STAC 1.1) and the card's MLM version (``mlm:input``/``mlm:output`` used).
 
+An input without georeferencing (``grid.Grid.placed`` False) gives items without ``geometry`` and
+``bbox`` (null and absent, as STAC allows for items that are not on the map; the source item's own,
+linked ``derived_from``, is not taken, since no pixel of the outputs can be put inside it), whose
+item and GeoTIFF asset have ``"proj:code": null`` (the projection extension's value for data
+without a CRS; ``embeddings.EmbeddingItem.placed`` reads it), the asset ``proj:shape`` and
+``proj:transform`` in the source's pixel/line coordinates. A collection whose
+items are all unplaced has the whole world as its spatial extent, as STAC has no "unknown".
+
 Every href is relative where its target is local (to the document that holds it, as
 ``OutputLayout`` places it; ``relative_href``): the tree can be moved, and names no staging
 directory. Remote targets keep their URL.
@@ -194,8 +202,11 @@ def output_item(
     that define them declared.
     """
     source = sources[0]
+    placed = chip_grid.grid.placed
     extra = properties or {}
     properties = {k: v for k, v in source.properties.items() if not k.startswith("proj:") and k != "gsd"}
+    if not placed:  # no CRS (projection extension: null), which readers ask (``EmbeddingItem.placed``)
+        properties["proj:code"] = None
     gsd = _gsd(embedding_grid(chip_grid, provenance.embedding))
     if gsd is not None:
         properties["gsd"] = gsd
@@ -207,7 +218,9 @@ def output_item(
         "processing:datetime": pystac.utils.datetime_to_str(datetime.now(UTC)),
         "processing:lineage": (
             f"{chip_grid.size}x{chip_grid.size} px chips every {chip_grid.stride} px on "
-            f"{provenance.grid_description(source.id)}{provenance.modal_lineage()}, embedded with model "
+            f"{provenance.grid_description(source.id)}"
+            f"{'' if placed else ' (no georeferencing: pixel coordinates, no CRS)'}"
+            f"{provenance.modal_lineage()}, embedded with model "
             f"{provenance.card.name!r} "
             f"({provenance.card.architecture})"
         ),
@@ -215,8 +228,8 @@ def output_item(
     })
     item = pystac.Item(
         id=item_id,
-        geometry=source.geometry,
-        bbox=source.bbox,
+        geometry=source.geometry if placed else None,
+        bbox=source.bbox if placed else None,
         datetime=source.datetime if len(sources) == 1 else None,
         properties=properties,
         collection=layout.collection_id,
@@ -295,7 +308,7 @@ def _gsd(grid: Grid) -> float | None:
     from rasterio.errors import CRSError
 
     try:
-        if not grid.crs.is_projected:
+        if not grid.placed or not grid.crs.is_projected:
             return None
         _, metres = grid.crs.linear_units_factor
     except CRSError:
@@ -316,7 +329,7 @@ def _asset(fmt: str, href: str, path: Path, chip_grid: ChipGrid, provenance: Pro
     if fmt == "geotiff":
         grid = embedding_grid(chip_grid, provenance.embedding)
         extra.update({
-            "proj:code": grid.crs_code,
+            "proj:code": grid.crs_code,  # None without georeferencing
             "proj:shape": [grid.height, grid.width],
             "proj:transform": list(grid.transform)[:6],
         })
@@ -474,13 +487,20 @@ def _write_items_parquet(layout: OutputLayout, items: list[dict[str, Any]], coll
 
     Relative hrefs are rewritten against the table's own directory (they were relative to each
     item file), and columns that are null in every item get a type (string): GDAL reads no row
-    of a file with a column of Arrow's null type.
+    of a file with a column of Arrow's null type. Items without geometry (no georeferencing)
+    have a null ``geometry`` and ``bbox`` (stac-geoparquet parses neither: they are null-ed after).
     """
     import pyarrow as pa
     import stac_geoparquet.arrow
 
     records = [_rebased(item, layout) for item in sorted(items, key=lambda d: d["id"])]
+    unplaced = [record.get("geometry") is None for record in records]
+    for record, missing in zip(records, unplaced, strict=True):
+        if missing:
+            record.update(geometry={"type": "Point", "coordinates": [0.0, 0.0]}, bbox=[0.0, 0.0, 0.0, 0.0])
     table = stac_geoparquet.arrow.parse_stac_items_to_arrow(records).read_all()
+    if any(unplaced):
+        table = _nulled(table, ("geometry", "bbox"), pa.array(unplaced))
     schema = pa.schema([field.with_type(_typed(field.type)) for field in table.schema], metadata=table.schema.metadata)
     # Rendered aside first (stac-geoparquet writes only to paths), so that a rerun that changes
     # nothing rewrites nothing (``write_bytes`` leaves equal files alone).
@@ -488,6 +508,24 @@ def _write_items_parquet(layout: OutputLayout, items: list[dict[str, Any]], coll
         rendered = Path(scratch) / layout.items_parquet.name
         stac_geoparquet.arrow.to_parquet(table.cast(schema), rendered, collections={collection["id"]: collection})
         write_bytes(layout.items_parquet, rendered.read_bytes())
+
+
+def _nulled(table, names: tuple[str, ...], rows):
+    """``table`` with the columns ``names`` null in ``rows`` (a boolean array), fields (and their
+    metadata) kept."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name in names:
+        index = table.schema.get_field_index(name)
+        column = table.column(index).combine_chunks()
+        if pa.types.is_struct(column.type):
+            valid = pc.and_(pc.invert(rows), pc.is_valid(column))
+            values = pa.StructArray.from_arrays(column.flatten(), fields=list(column.type), mask=pc.invert(valid))
+        else:
+            values = pc.if_else(rows, pa.scalar(None, column.type), column)
+        table = table.set_column(index, table.schema.field(index), values)
+    return table
 
 
 def _rebased(item: dict[str, Any], layout: OutputLayout) -> dict[str, Any]:

@@ -138,7 +138,8 @@ def _search_options(func: Callable) -> Callable:
         click.option("--api", help="STAC API root URL to search with pystac-client."),
         click.option("--catalog", help="Static catalog.json / collection.json (path or http(s) URL), or a preset "
                                         "name (see `stacembed presets`). Default: the bundled sample catalog."),
-        click.option("--items", help="Items file: ItemCollection JSON, ndjson, or stac-geoparquet."),
+        click.option("--items", help="Items file: ItemCollection JSON, ndjson, or stac-geoparquet; or sample cubes "
+                                      "(*.zarr.zip: a file, a folder of them, a folder of modality folders)."),
         click.option("--collection", "collections", multiple=True,
                      help="Collection id; repeat or comma-separate for several."),
         click.option("--bbox", help="W,S,E,N in WGS84 degrees; keeps items that intersect it."),
@@ -184,6 +185,9 @@ def _search_options(func: Callable) -> Callable:
 @_search_options
 @click.option("--band", "bands", multiple=True, metavar="BAND=ASSET",
               help="Use asset ASSET for the model's band BAND (repeatable).")
+@click.option("--shift-s2-channels", is_flag=True, default=None,
+              help="Sample cubes: add 1000 to the S2 bands' DN, as the Embed2Scale loader's shift_s2_channels "
+                   "(to match SSL4EO-S12 v1.1); recorded in the outputs.")
 @click.option("--model", help="Model card: a built-in name (see `stacembed models list`) or an MLM item path/URL.")
 @click.option("--weights", help="Weights file (safetensors or state dict), or 'random' to run untrained.")
 @click.option("--chip-size", type=int, help="Chip size in pixels (default: the card's input size).")
@@ -638,7 +642,8 @@ def export_group() -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The CSV to write.")
 @click.option("--mode", type=click.Choice(["sample", "chip"]), default="sample", show_default=True,
               help="One row per sample (the mean of its chips), or one per chip.")
-@click.option("--sample-id", help="What names a sample: source_item (default), item, or a chip column.")
+@click.option("--sample-id", help="What names a sample: source_item (default; stacembed:sample, the sample id, "
+                                 "for embeddings of sample cubes), item, or a chip column.")
 @click.option("--dim", type=int, help="Pad the vectors with zeros to this many values (NeuCo-Bench's embedding_dim).")
 @click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
 @click.pass_context

@@ -74,6 +74,7 @@ class RunConfig:
     aws_unsigned: bool = False
     requester_pays: bool = False
     bands: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    shift_s2_channels: bool = False  # sample cubes (--items DATA/): add 1000 DN to S2 bands (resolve.cubes)
     # the model and the embeddings
     model: str = DEFAULT_MODEL
     weights: str | None = None
@@ -224,6 +225,7 @@ class RunConfig:
             "time_steps": self.time_steps,
             "dtype": self.dtype,
             "quantization": self.quantization if self.dtype == "int8" else None,
+            **({"shift_s2_channels": 1000} if self.shift_s2_channels else {}),
         }
 
 

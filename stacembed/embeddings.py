@@ -145,6 +145,14 @@ class EmbeddingItem:
         return self.stac_item.bbox
 
     @property
+    def placed(self) -> bool:
+        """Whether the embeddings are on the map. An input without georeferencing gives an item
+        that says ``"proj:code": null`` (``catalog.output_item``): its footprints are in source
+        pixel/line coordinates, so no lon/lat query (``bbox``, a point, a geometry) meets them."""
+        properties = self.stac_item.properties
+        return not ("proj:code" in properties and properties["proj:code"] is None)
+
+    @property
     def collection_id(self) -> str | None:
         return self.stac_item.collection_id
 
@@ -215,6 +223,8 @@ class EmbeddingItem:
         vectors, never a column. ``bbox`` (west, south, east, north in lon/lat) keeps the chips
         whose footprint's bbox meets it; of a COG only the pixels there are read.
         """
+        if bbox is not None and not self.placed:
+            return  # footprints in pixel coordinates: no lon/lat box meets them
         read = columns if bbox is None else _including(columns, "bbox")
         batches = (self.iter_batches(batch_rows, read) if "geoparquet" in self.hrefs
                    else self._cog_batches(batch_rows, read, bbox))
@@ -351,7 +361,8 @@ class _CogChips:
         a, e, shift = t.a / stride, t.e / stride, (size - stride) / 2
         grid = Grid(ds.crs, Affine(a, 0.0, t.c - shift * a, 0.0, e, t.f - shift * e), ds.width * stride,
                     ds.height * stride)  # the inverse of ``ChipGrid.embedding_grid``
-        metadata = {b"geo": json.dumps(geo_metadata(ProjCRS.from_wkt(ds.crs.to_wkt()))).encode()}
+        crs = ProjCRS.from_wkt(ds.crs.to_wkt()) if ds.crs is not None else None  # None: no georeferencing
+        metadata = {b"geo": json.dumps(geo_metadata(crs)).encode()}
         return cls(source, grid, size, stride, metadata)
 
     def batch(self, rows: np.ndarray, cols: np.ndarray, names: Sequence[str]) -> pa.RecordBatch:

@@ -26,7 +26,10 @@ becomes ``12``), and the loader cuts ``.zarr`` out of ids: name samples accordin
 ``mode="sample"`` pools the chips of each sample to their mean (float64 sums, per dimension over
 the values that are not NaN; a dimension NaN in every chip is 0). A sample is an embedding item
 (``sample_id="item"``), a source item (``"source_item"``, the default) or the value of any chip
-column. ``mode="chip"`` writes one row per chip, its ``id`` the chip id. Memory: one batch, plus a
+column. Embeddings of sample cubes (``resolve.cubes``) carry their sample in the chip column
+``stacembed:sample``, the default for them: every chip of every season of a sample is one row, named
+as the challenge names it (the cube's file name without ``.zarr.zip``; SSL4EO-S12's ``sample``).
+``mode="chip"`` writes one row per chip, its ``id`` the chip id. Memory: one batch, plus a
 running sum and count (16 bytes x D) per open sample and the ids written so far. Rows are written
 as samples complete: a sample is complete when an item passes without it (at once for ``item``),
 which holds when each sample's chips lie in consecutive items (stacembed's items: one source item
@@ -260,7 +263,8 @@ def export_neuco(
     """Write the embeddings of ``catalog`` (one or several) as a NeuCo-Bench CSV: ``id,0,...,D-1``.
 
     ``mode="sample"``: one row per sample, the mean of its chips; ``sample_id`` is ``"source_item"``
-    (default), ``"item"`` (the embedding item) or a chip column whose values name the samples.
+    (default; for embeddings of sample cubes ``"stacembed:sample"``, the sample id), ``"item"`` (the
+    embedding item) or a chip column whose values name the samples.
     ``mode="chip"``: one row per chip, its id the chip id (no ``sample_id``). ``dim`` pads the
     vectors with zeros to ``dim`` values (NeuCo-Bench's ``embedding_dim``); smaller than the
     embeddings is an error, as in NeuCo-Bench. NaN is written as 0 (what NeuCo-Bench makes of it).
@@ -274,8 +278,8 @@ def export_neuco(
         raise ConfigError(f"dim must be a positive number of values, not {dim}")
     if batch_rows < 1:
         raise ConfigError(f"batch_rows must be positive, not {batch_rows}")
-    key = sample_id or "source_item"
     items = _items(catalog)
+    key = sample_id or _default_sample(items)
     facts = _facts(items)
     if dim is not None and facts.dimensions is not None and dim < facts.dimensions:
         raise ConfigError(_truncating(facts.dimensions, dim))
@@ -291,6 +295,14 @@ def export_neuco(
             log.info("sample %r comes back after other samples: pooling again, every sample open to the end",
                      *back.args)
     raise AssertionError("unreachable: holding every sample open, none comes back")
+
+
+def _default_sample(items: Sequence[EmbeddingItem]) -> str:
+    """What names a sample when none is asked: the cube sample (``resolve.cubes.SAMPLE``, so that a
+    sample's seasons pool into its one row) when the chips carry it, else the source item."""
+    from .resolve.cubes import SAMPLE
+
+    return SAMPLE if items and SAMPLE in items[0].chips_schema().names else "source_item"
 
 
 def _truncating(found: int, dim: int) -> str:
@@ -499,6 +511,11 @@ def export_joint(
     if batch_rows < 1:
         raise ConfigError(f"batch_rows must be positive, not {batch_rows}")
     items = _items(catalog)
+    unplaced = [item.id for item in items if not item.placed]
+    if unplaced:
+        raise ConfigError(f"the joint table is in OGC:CRS84, and {', '.join(map(repr, unplaced[:3]))}"
+                          f"{' and more' if len(unplaced) > 3 else ''} have no georeferencing (pixel coordinates "
+                          "only); export the others (export neuco takes any item)")
     facts = _facts(items)
     path = _output_path(out)
     if partitions and path.exists() and (not path.is_dir() or any(path.iterdir())):

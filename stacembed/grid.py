@@ -12,6 +12,14 @@ NetCDF file, what the store's own metadata says (``readers.zarr``: CF grid mappi
 GeoZarr attributes, 1-D coordinates, else the STAC asset's ``proj:*``). A multiscale store (EOPF's
 ``r10m``/``r20m``/``r60m``) is read at the level of the resolution a run asks for
 (``bands_at_resolution``), as the producer made it, rather than resampled.
+
+Unplaced grids. A store whose georeferencing cannot be inferred (``readers.zarr``) is read on
+its pixel grid: ``Grid.unplaced`` has no CRS (``crs`` None, ``placed`` False) and GDAL's default
+geotransform, the identity, so that coordinates are pixel/line numbers of the source (x = column,
+y = row, growing down, as ``gdalinfo`` shows a raster without georeferencing). Everything derived
+from such a grid stays in those coordinates and says it has no CRS: chip footprints, the
+embeddings COG (a transform to source pixels, no CRS), GeoParquet geometry (``"crs": null``),
+STAC items (no geometry); the one test of whether an output can go on a map is ``Grid.placed``.
 """
 
 from __future__ import annotations
@@ -46,12 +54,26 @@ RASTER_ERRORS = (rasterio.errors.RasterioError, CPLE_BaseError)
 
 @dataclass(frozen=True)
 class Grid:
-    """A north-up pixel grid: ``transform`` maps (col, row) to CRS coordinates of pixel corners."""
+    """A north-up pixel grid: ``transform`` maps (col, row) to CRS coordinates of pixel corners.
 
-    crs: CRS
+    Without a CRS (``crs`` None: an input without georeferencing, see the module docstring) the
+    coordinates are the source's pixel/line numbers, y growing down.
+    """
+
+    crs: CRS | None
     transform: Affine
     width: int
     height: int
+
+    @classmethod
+    def unplaced(cls, width: int, height: int) -> Grid:
+        """The grid of a raster without georeferencing: no CRS, GDAL's default (identity) transform."""
+        return cls(None, Affine.identity(), width, height)
+
+    @property
+    def placed(self) -> bool:
+        """Whether the grid is on the map (has a CRS); else its coordinates are pixel/line numbers."""
+        return self.crs is not None
 
     @property
     def resolution(self) -> tuple[float, float]:
@@ -62,8 +84,10 @@ class Grid:
         return self.window_bounds(Window(0, 0, self.width, self.height))
 
     @property
-    def crs_code(self) -> str:
-        """``EPSG:nnnn`` when the CRS has an EPSG code, else its WKT."""
+    def crs_code(self) -> str | None:
+        """``EPSG:nnnn`` when the CRS has an EPSG code, else its WKT; None for an unplaced grid."""
+        if self.crs is None:
+            return None
         epsg = self.crs.to_epsg()
         return f"EPSG:{epsg}" if epsg else self.crs.to_wkt()
 
@@ -89,15 +113,20 @@ class Grid:
     def footprints(self, col_off, row_off, size: int) -> Footprints:
         """The footprints of ``size`` x ``size`` pixel windows at ``col_off``/``row_off`` (arrays):
         exact pixel edges in the grid's CRS, and in OGC:CRS84 with every edge densified to an
-        eighth of a window first (``shapely.segmentize``), so that a footprint keeps its shape."""
+        eighth of a window first (``shapely.segmentize``), so that a footprint keeps its shape.
+        An unplaced grid has no lon/lat: its ``crs84`` footprints are the pixel ones again."""
         bounds = self.windows_bounds(col_off, row_off, size, size).reshape(-1, 4)
         native = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
+        if not self.placed:
+            return Footprints(bounds, native, native, bounds)
         dense = shapely.segmentize(native, size * abs(self.transform.a) / 8) if len(native) else native
         to_crs84 = _crs84_transformer(self.crs.to_wkt())
         crs84 = shapely.transform(dense, lambda xy: np.column_stack(to_crs84.transform(xy[:, 0], xy[:, 1])))
         return Footprints(bounds, native, crs84, shapely.bounds(crs84).reshape(-1, 4))
 
     def check_north_up(self, what: str) -> None:
+        if not self.placed:  # pixel/line coordinates: rows go down by definition
+            return
         if self.transform.b != 0 or self.transform.d != 0 or self.transform.e >= 0:
             raise ReadError(f"{what} is not on a north-up grid (rotated or flipped); it is not supported")
 
@@ -105,7 +134,8 @@ class Grid:
 @dataclass(frozen=True)
 class Footprints:
     """Footprints of pixel windows: ``bounds`` (n, 4: minx, miny, maxx, maxy) and ``native``
-    polygons in the grid's CRS; ``crs84`` polygons in OGC:CRS84 and their ``boxes`` (n, 4)."""
+    polygons in the grid's CRS; ``crs84`` polygons in OGC:CRS84 and their ``boxes`` (n, 4)
+    (for an unplaced grid: the pixel ones, ``native`` and ``bounds``)."""
 
     bounds: np.ndarray
     native: np.ndarray
@@ -172,9 +202,9 @@ def band_grid(band: BandSource) -> Grid:
 
 
 @functools.lru_cache(maxsize=256)
-def _store_grid(crs: str, transform: tuple[float, ...], width: int, height: int) -> Grid:
+def _store_grid(crs: str | None, transform: tuple[float, ...], width: int, height: int) -> Grid:
     try:
-        return Grid(CRS.from_user_input(crs), Affine(*transform), width, height)
+        return Grid(CRS.from_user_input(crs) if crs else None, Affine(*transform), width, height)
     except rasterio.errors.CRSError as exc:
         raise ReadError(f"a store's CRS cannot be used: {exc}") from None
 
@@ -194,6 +224,11 @@ def native_grid(item: pystac.Item, bands: list[BandSource], *, explicit: bool = 
         raise BandError(f"item {item.id!r}: bands {', '.join(stores)} are in Zarr/NetCDF assets and bands "
                         f"{', '.join(rasters)} in rasters; the bands of one item are read from one kind of asset")
     grids = {band.name: band_grid(band) for band in bands}
+    unplaced = [name for name, grid in grids.items() if not grid.placed]
+    if unplaced and len(unplaced) != len(grids):
+        raise BandError(f"item {item.id!r}: bands {', '.join(unplaced)} have no georeferencing and bands "
+                        f"{', '.join(n for n in grids if n not in unplaced)} have; the bands of one item are "
+                        "all placed on the map or none is")
     first = next(iter(grids.values()))
     different = [name for name, grid in grids.items() if grid != first]
     if different and not explicit:
@@ -225,6 +260,10 @@ def bands_at_resolution(bands: list[BandSource], resolution: float | None) -> li
 
 def target_grid(native: Grid, crs: str | None, resolution: float | None) -> Grid:
     """A grid covering ``native`` in another CRS and/or resolution (explicit resampling)."""
+    if not native.placed:
+        flags = " and ".join(f for f, v in (("--crs", crs), ("--resolution", resolution)) if v)
+        raise ConfigError(f"{flags}: resampling needs the item on a map, and it has no georeferencing (its pixel "
+                          "grid has no CRS); run without, or give its asset proj:code and proj:transform")
     try:
         dst_crs = CRS.from_user_input(crs) if crs else native.crs
     except rasterio.errors.CRSError as exc:

@@ -43,6 +43,7 @@ from .models.weights import resolve_weights
 from .readers import Reader
 from .readers.modal import ModalityRead, ModalReader, describe_resampling
 from .resolve import Search
+from .resolve.cubes import sample_key, states_db
 from .resolve.modalities import Modality, card_modalities, companion_search, primary_search
 from .temporal import Acquisition, Series, build_series, chip_context, pair_modalities
 from .writers import EmbeddingLayout, SourceInfo, open_writer
@@ -137,8 +138,9 @@ class Inputs:
         bands = list(card.bands) if primary is None else list(primary.bands)
         items = search.items_found()
         matched = [(item, match_bands(item, bands, search.band_aliases, search.rules_for(item))) for item in items]
+        modalities = tuple(_in_db(m, matched) if m.primary else m for m in modalities)
         with rasterio.Env(**search.access.gdal_options()):
-            series = build_series(matched, config.time_steps)
+            series = build_series(matched, config.time_steps, explicit=bool(config.crs or config.resolution))
         if primary is not None:
             series, modalities = _pair(config, search, series, modalities)
         chip_size = card.chip_size(config.chip_size)
@@ -240,10 +242,10 @@ class Inputs:
         target = grid
         if explicit:
             target = target_grid(grid, self.config.crs, self.config.resolution)
+        if self.modalities and not grid.placed and sample_key(first.item) is None:
+            raise BandError(f"item {series.id!r} has no georeferencing, and the model's other inputs are "
+                            "warped onto its grid by place: give its asset proj:code and proj:transform")
         reads = self.reads_of(series) if self.modalities else ()
-        if any(band.format for read in reads for _, bands in read.sources for band in bands):
-            raise BandError(f"item {series.id!r}: another input of the model is in a Zarr store or NetCDF file; "
-                            "only the primary input is read from those, the others must be rasters (GeoTIFF)")
         return ItemPlan(series, ChipGrid(target, self.chip_size, self.stride), grid, reads)
 
     def feed_spec(self, plan: ItemPlan, batch_size: int, rows: range | None = None) -> FeedSpec:
@@ -433,12 +435,22 @@ def _pair(config: RunConfig, search: Search, series: list[Series],
                    for item in items]
         found[modality.name] = matched
         describe[modality.name] = f"collection {collection}"
-        done.append(replace(modality, collection=collection, methods=_methods(modality, matched)))
+        done.append(_in_db(replace(modality, collection=collection, methods=_methods(modality, matched)), matched))
     if found:
         series = pair_modalities(series, found, static={m.name for m in modalities if m.static},
                                  optional={m.name for m in modalities if m.optional},
                                  max_gap=config.time_gap_seconds, gap_text=config.max_time_gap, describe=describe)
     return series, tuple(done)
+
+
+def _in_db(modality: Modality, matched: list) -> Modality:
+    """``modality`` without its dB conversion (``stacembed:sar_db``) when every item found states its
+    bands in dB already (``unit``; sample cubes' S1 bands): 10·log10 of decibels is no measurement."""
+    if not modality.sar_db or not matched or not all(states_db(item, bands) for item, bands in matched):
+        return modality
+    log.info("input %s: its items state their bands in dB already; they are not converted to dB again",
+             modality.name)
+    return replace(modality, sar_db=False)
 
 
 def _methods(modality: Modality, matched: list) -> tuple[str, ...]:

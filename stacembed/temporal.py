@@ -4,6 +4,10 @@ The rule (documented in the README, and the same for every run):
 
 1. Items are grouped by location = their native pixel grid (CRS, transform and size, read from
    the files): only items on the very same grid are stacked, so no pixel is resampled in time.
+   Bands of an item on several grids (10 and 20 m) need ``--resolution`` (or ``--crs``), and the
+   item's location is then its finest band's grid (``grid.native_grid``); every acquisition is
+   read onto the run's grid as a single-time run of that item reads it.
+   Items of sample cubes are grouped by their sample (``resolve.cubes``): its seasons.
 2. Within a group, items are sorted by acquisition time (``datetime``, else ``start_datetime``;
    ties by id) and split into ``T`` consecutive bins of (near) equal size.
 3. From each bin the least cloudy item is taken (``eo:cloud_cover``; items without it count as
@@ -24,6 +28,10 @@ modalities") pair each location, an item of the primary modality, with items of 
    tiles of one modality are mosaicked, the nearer item winning where they overlap.
 3. A location with no candidate for a required modality is skipped with a warning naming both;
    an optional modality is then left out for that location (its bands are no data).
+
+Items of sample cubes (``resolve.cubes``) are paired by their sample and season instead: the
+modalities' cubes hold the same samples on the same pixels. A sample missing from a required
+modality's cubes is an error, not a skip (the cubes do not match).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from .bands import BandSource
 from .errors import ResolveError
 from .grid import native_grid
 from .resolve import item_time_range
+from .resolve.cubes import same_sample, sample_key
 from .resolve.modalities import footprint
 
 log = logging.getLogger("stacembed")
@@ -87,14 +96,24 @@ class Series:
         return next((c for c in self.companions if c.name == name), None)
 
 
-def build_series(found: list[tuple[pystac.Item, list[BandSource]]], time_steps: int) -> list[Series]:
-    """One series per item (``time_steps == 1``), or ``time_steps`` items per location."""
+def build_series(found: list[tuple[pystac.Item, list[BandSource]]], time_steps: int, *,
+                 explicit: bool = False) -> list[Series]:
+    """One series per item (``time_steps == 1``), or ``time_steps`` items per location.
+
+    ``explicit``: the run resamples onto a grid it asks for (``--resolution``, ``--crs``), so an
+    item's bands may be on several grids (Sentinel-2's 10 and 20 m, a multiscale Zarr store); its
+    location is then the grid that ``grid.native_grid`` picks for it (the finest band's), the
+    one a single-time run derives its grid from."""
     if time_steps == 1:
         return [Series((Acquisition(item, bands),)) for item, bands in found]
     groups: dict[tuple, list[Acquisition]] = {}
     for item, bands in found:
-        grid = native_grid(item, bands)
-        key = (grid.crs.to_wkt(), tuple(grid.transform)[:6], grid.width, grid.height)
+        grid, cube = native_grid(item, bands, explicit=explicit), sample_key(item)
+        if not grid.placed and cube is None:  # pixel grids of one shape are not one place
+            raise ResolveError(f"--time-steps groups items by place, and item {item.id!r} has no georeferencing")
+        # A sample cube's seasons are one location: its sample (``resolve.cubes``), placed or not.
+        key = (item.collection_id, cube[0]) if cube else (grid.crs.to_wkt(), tuple(grid.transform)[:6], grid.width,
+                                                          grid.height)
         groups.setdefault(key, []).append(Acquisition(item, bands))
     series = []
     for members in groups.values():
@@ -124,7 +143,11 @@ def pair_modalities(series: list[Series], found: Mapping[str, list[tuple[pystac.
         area = footprint(primary)
         companions, missing = [], None
         for name, candidates in found.items():
-            picked = _cover(primary, area, candidates, static=name in static, max_gap=max_gap)
+            if sample_key(primary) is not None:
+                picked = _same_sample(primary, name, candidates, required=name not in optional,
+                                      source=describe.get(name, name))
+            else:
+                picked = _cover(primary, area, candidates, static=name in static, max_gap=max_gap)
             if not picked and name not in optional:
                 missing = name
                 break
@@ -140,6 +163,18 @@ def pair_modalities(series: list[Series], found: Mapping[str, list[tuple[pystac.
         raise ResolveError(f"no location has an item of every modality the model needs ({needed}); "
                            "see the warnings above, and widen --max-time-gap or --datetime")
     return paired
+
+
+def _same_sample(primary: pystac.Item, name: str, candidates: list[tuple[pystac.Item, list[BandSource]]], *,
+                 required: bool, source: str) -> list[tuple[pystac.Item, list[BandSource]]]:
+    """The sample cube item of input ``name`` with ``primary``'s sample and season; none for a required
+    input is an error (the modalities' cubes do not hold the same samples)."""
+    picked = same_sample(primary, candidates)
+    if not picked and required:
+        sample, season = sample_key(primary)
+        raise ResolveError(f"sample {sample!r} (season {season}) of {primary.collection_id} has no counterpart in "
+                           f"input {name} ({source}): its sample cubes must hold the same samples")
+    return picked
 
 
 def _cover(primary: pystac.Item, area, candidates: list[tuple[pystac.Item, list[BandSource]]], *, static: bool,
@@ -208,6 +243,9 @@ def chip_context(names: tuple[str, ...], series: Series, chip_grid, chips,
     if "acquisition_hour" in names:
         hours = [t.hour + t.minute / 60 + t.second / 3600 for t in times]
         context["acquisition_hour"] = np.tile(np.asarray(hours, "float32"), (len(chips), 1))
+    if ("location_coords" in names or "gsd" in names) and not chip_grid.grid.placed:
+        raise ResolveError(f"the model takes each chip's {'location' if 'location_coords' in names else 'gsd'}, "
+                           f"and item {series.id!r} has no georeferencing")
     if "location_coords" in names or "gsd" in names:
         from pyproj import CRS, Transformer
 

@@ -131,3 +131,102 @@ def test_time_and_location_coordinates_reach_models_that_use_them(series_catalog
         without = model(x)[0].numpy()
     np.testing.assert_allclose(got[row], expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(expected, without, rtol=1e-4, atol=1e-5)  # the coordinates mattered
+
+
+# --- Bands on several grids (Sentinel-2's 10 and 20 m bands, multiscale Zarr stores) ---------------
+
+
+def _mixed_resolution_catalog(root, dates: list[str]):
+    """One location, an item per date: blue, green, red, nir as 10 m COGs (64 x 64), swir16 and
+    swir22 as 20 m COGs (32 x 32) over the same 640 m, as Sentinel-2 L2A delivers them."""
+    from affine import Affine
+    from conftest import _lonlat_box, pixels, write_cog
+
+    west, north = 500000.0, 9100000.0
+    items = []
+    for index, date in enumerate(dates):
+        item_id = f"s2-{date}"
+        item = make_item(root, item_id, dialect="1.1", origin=(west, north), shape=(64, 64), seed=index + 1,
+                         with_proj=False)
+        for i, (key, _) in enumerate(SYNTHETIC_BANDS):
+            res = 10.0 if i < 4 else 20.0
+            size = int(640 / res)
+            write_cog(root / item_id / f"{key}.tif", pixels(100 * index + i, size, size)[None],
+                      Affine(res, 0, west, 0, -res, north))
+            item["assets"][key]["gsd"] = res
+        box = _lonlat_box(west, north - 640, west + 640, north)
+        item["geometry"]["coordinates"] = [box]
+        item["bbox"] = [min(p[0] for p in box), min(p[1] for p in box), max(p[0] for p in box),
+                        max(p[1] for p in box)]
+        item["properties"].update({"datetime": f"{date}T10:00:00Z", "eo:cloud_cover": 10.0 + index})
+        items.append(item)
+    return make_catalog(root, items)
+
+
+def _chips(config) -> dict[str, dict[tuple[int, int], np.ndarray]]:
+    """Every chip's pixels (band, [time,] h, w) of every series of ``config``, read as a run reads them."""
+    from stacembed.job import Inputs
+
+    inputs = Inputs.resolve(config)
+    out = {}
+    for series in inputs.series:
+        spec = inputs.feed_spec(inputs.plan_item(series), batch_size=4)
+        out[series.id] = {(chip.row, chip.col): np.array(pixels) for batch in spec.batches()
+                          for chip, pixels in zip(batch.chips, batch.pixels, strict=True)}
+    return out
+
+
+def _assert_series_equal_single_times(series_config, single_config, ids: list[str], dates_used: list[str]) -> None:
+    series = _chips(series_config)
+    assert list(series) == [f"{dates_used[0]}--{dates_used[-1]}"]
+    single = _chips(single_config)
+    assert set(single) == set(ids)
+    chips = series[f"{dates_used[0]}--{dates_used[-1]}"]
+    assert len(chips) > 0
+    for key, block in chips.items():
+        assert block.shape[1] == len(dates_used)
+        for t, item_id in enumerate(dates_used):
+            np.testing.assert_array_equal(block[:, t], single[item_id][key])
+    assert not np.array_equal(*(block[:, t] for t in range(2)))  # the dates differ
+
+
+@pytest.mark.parametrize("resampling", ["nearest", "bilinear"])
+def test_a_series_of_items_with_10_and_20_m_bands_reads_each_date_like_a_single_time_run(
+        tmp_path, card, resampling):
+    catalog = _mixed_resolution_catalog(tmp_path / "stac", ["2024-03-01", "2024-06-01", "2024-09-01"])
+    common = dict(catalog=str(catalog), model=str(card), weights="random", resolution=10.0,
+                  resampling=resampling, min_valid=0.0, progress=False)
+    # Before: "bands ... are not on one pixel grid (resolutions 10, 20)", though --resolution was given.
+    summary = run(RunConfig(out=tmp_path / "out", time_steps=2, formats=("geoparquet",), **common))
+    assert summary.items_done == ["s2-2024-03-01--s2-2024-09-01"]  # bins [03, 06] and [09]: least cloudy each
+    _assert_series_equal_single_times(
+        RunConfig(out=tmp_path / "a", time_steps=2, **common), RunConfig(out=tmp_path / "b", time_steps=1, **common),
+        ["s2-2024-03-01", "s2-2024-06-01", "s2-2024-09-01"], ["s2-2024-03-01", "s2-2024-09-01"])
+
+
+def test_mixed_resolutions_in_a_series_still_need_a_resolution(tmp_path, card):
+    from stacembed.errors import BandError
+
+    catalog = _mixed_resolution_catalog(tmp_path / "stac", ["2024-03-01", "2024-06-01"])
+    with pytest.raises(BandError, match=r"not on one pixel grid \(resolutions 10, 20\); pass --resolution"):
+        run(RunConfig(out=tmp_path / "out", catalog=str(catalog), model=str(card), weights="random",
+                      time_steps=2, progress=False))
+
+
+def test_a_series_of_multiscale_zarr_items_reads_each_date_like_a_single_time_run(tmp_path, card):
+    pytest.importorskip("zarr", reason="the Zarr reader needs zarr (pip install 'stacembed[zarr]')")
+    from test_zarr import eopf_item, eopf_pixels, write_eopf_zarr
+
+    lines = []
+    for index, date in enumerate(["2025-01-09", "2025-02-08"]):
+        store = write_eopf_zarr(tmp_path / f"d{index}" / "S2.zarr", eopf_pixels(seed=index + 3), 3)
+        doc = json.loads(eopf_item(store, item_id=f"eopf-{date}").read_text())
+        doc["properties"]["datetime"] = f"{date}T10:04:01Z"
+        lines.append(json.dumps(doc))
+    (tmp_path / "items.ndjson").write_text("\n".join(lines))
+    # blue/green/red from each store's r20m level, nir (b08: r10m only) averaged, swir at 20 m.
+    common = dict(items=str(tmp_path / "items.ndjson"), model=str(card), weights="random", resolution=20.0,
+                  resampling="average", min_valid=0.0, stride=16, progress=False)
+    _assert_series_equal_single_times(
+        RunConfig(out=tmp_path / "a", time_steps=2, **common), RunConfig(out=tmp_path / "b", time_steps=1, **common),
+        ["eopf-2025-01-09", "eopf-2025-02-08"], ["eopf-2025-01-09", "eopf-2025-02-08"])

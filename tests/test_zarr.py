@@ -427,18 +427,13 @@ def test_a_lat_lon_netcdf_cube_is_placed_in_epsg_4326(cli, tmp_path, ascending):
     assert item["assets"]["embeddings-geotiff"]["proj:code"] == "EPSG:4326"
 
 
-def test_a_store_without_georeferencing_is_refused_in_one_line(cli, tmp_path):
+def test_a_store_without_georeferencing_is_placed_by_the_stac_asset(tmp_path):
+    # Without them it is read on its pixel grid, without a CRS (tests/test_unplaced.py).
     root = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=3)
     for name in ("blue", "green", "red", "nir", "swir16", "swir22"):
         root.create_array(name, shape=(32, 32), dtype="uint16", dimension_names=["dim_0", "dim_1"])[:] = 5
     asset = {"href": str(tmp_path / "plain.zarr"), "type": "application/vnd+zarr", "roles": ["data"]}
     (tmp_path / "plain.json").write_text(json.dumps(item_dict("plain", {"data": asset}, [0, 0, 1, 1], "c")))
-    result = cli("run", "--items", tmp_path / "plain.json", "--out", tmp_path / "out", "--chip-size", "16", "-q")
-    assert result.exit_code != 0
-    message = result.output.strip()
-    assert len(message.splitlines()) == 1
-    assert "plain.zarr variable blue has no georeferencing" in message and "cannot be placed on a map" in message
-    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.parquet"))
     # The STAC asset's proj fields place it when the store cannot.
     doc = json.loads((tmp_path / "plain.json").read_text())
     doc["assets"]["data"].update({"proj:code": "EPSG:32634", "proj:shape": [32, 32],
@@ -447,6 +442,25 @@ def test_a_store_without_georeferencing_is_refused_in_one_line(cli, tmp_path):
     from stacembed.resolve import read_item_file
 
     item = read_item_file(str(tmp_path / "placed.json"))[0]
+    grid = native_grid(item, match_bands(item, ["blue", "nir"]))
+    assert (grid.crs.to_epsg(), grid.transform) == (32634, level_transform("r10m"))
+
+
+def test_pixel_index_coordinates_leave_the_grid_to_the_stac_asset(tmp_path):
+    # SSL4EO-S12 and xarray write x/y as 0..n-1 where there are no map coordinates: positions, not
+    # places; taken as coordinates they would put the store at the origin with 1 m pixels.
+    root = zarr.open_group(str(tmp_path / "indexed.zarr"), mode="w", zarr_format=3)
+    for dim in ("y", "x"):
+        root.create_array(dim, shape=(32,), dtype="int64", dimension_names=[dim])[:] = np.arange(32)
+    for name in ("blue", "nir"):
+        root.create_array(name, shape=(32, 32), dtype="uint16", dimension_names=["y", "x"])[:] = 5
+    asset = {"href": str(tmp_path / "indexed.zarr"), "type": "application/vnd+zarr", "roles": ["data"],
+             "proj:code": "EPSG:32634", "proj:shape": [32, 32],
+             "proj:transform": [10.0, 0.0, WEST, 0.0, -10.0, NORTH]}
+    (tmp_path / "indexed.json").write_text(json.dumps(item_dict("indexed", {"data": asset}, [0, 0, 1, 1], "c")))
+    from stacembed.resolve import read_item_file
+
+    item = read_item_file(str(tmp_path / "indexed.json"))[0]
     grid = native_grid(item, match_bands(item, ["blue", "nir"]))
     assert (grid.crs.to_epsg(), grid.transform) == (32634, level_transform("r10m"))
 
@@ -654,14 +668,18 @@ def test_a_missing_store_is_one_line(cli, tmp_path, pixels):
         band_grid(match_bands(nowhere, ["blue"])[0])
 
 
-def test_s3_without_s3fs_says_what_to_install():
-    import importlib.util
+def test_s3_without_s3fs_says_what_to_install(monkeypatch):
+    import sys
+
+    from fsspec.registry import _registry
 
     from stacembed.errors import ConfigError
     from stacembed.readers.zarr import describe
 
-    if importlib.util.find_spec("s3fs") is not None:
-        pytest.skip("s3fs is installed: this checks the message without it")
+    # As if s3fs were not installed (it is, with the zarr extra): its import fails, and fsspec has not
+    # loaded its filesystem yet (tests/test_s3.py may have, in this process).
+    monkeypatch.setitem(sys.modules, "s3fs", None)
+    monkeypatch.delitem(_registry, "s3", raising=False)
     with pytest.raises(ConfigError, match=r"s3:// stores needs the Python package s3fs"):
         describe("s3://bucket/product.zarr/measurements/reflectance/r10m/b02", "zarr", None)
 

@@ -91,6 +91,11 @@ def change_catalog(
     items = list(open_embeddings(catalog))
     first = select(items, before, "--before", catalog)
     second = select(items, after, "--after", catalog)
+    unplaced = [item.id for item in (*first, *second) if not item.placed]
+    if unplaced:  # pixel grids of the same shape are not the same place
+        raise AnalysisError(f"change pairs items by place, and {', '.join(map(repr, unplaced))} "
+                            f"{'has' if len(unplaced) == 1 else 'have'} no georeferencing (pixel coordinates "
+                            "only); leave them out of --before/--after")
     model = one_model([*first, *second], f"catalog {catalog} (--before and --after)")
     output = DerivedOutput(Path(out), output_collection or "change")
     output.check_free()

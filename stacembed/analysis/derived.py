@@ -106,15 +106,17 @@ def _grid_from_geoparquet(item: EmbeddingItem) -> tuple[Grid, bool]:
         source = file.read_row_group(0, columns=kept).slice(0, 1).to_pylist() if kept and table.num_rows else [{}]
     if table.num_rows == 0:
         raise NoChipError(f"item {item.id!r} kept no chip and has no COG: its chip grid is not known")
-    native_crs = geo.get("columns", {}).get("native_geometry", {}).get("crs")
-    if native_crs is None:
+    column = geo.get("columns", {}).get("native_geometry", {})
+    native_crs = column.get("crs")
+    if native_crs is None and "crs" not in column:
         raise AnalysisError(f"item {item.id!r}: its GeoParquet states no CRS of native_geometry; "
                             "rerun stacembed with --format geotiff too")
     from pyproj import CRS as ProjCRS
 
     from ..chips import ChipGrid
 
-    crs = CRS.from_wkt(ProjCRS.from_json_dict(native_crs).to_wkt())
+    # "crs": null: an input without georeferencing, footprints in pixel/line coordinates (y down).
+    crs = CRS.from_wkt(ProjCRS.from_json_dict(native_crs).to_wkt()) if native_crs is not None else None
     data = {name: table.column(name).to_numpy() for name in columns}
     # The chip nearest the top-left corner gives the grid's origin with the least arithmetic.
     first = int(np.lexsort((data["chip_col"], data["chip_row"]))[0])
@@ -124,21 +126,24 @@ def _grid_from_geoparquet(item: EmbeddingItem) -> tuple[Grid, bool]:
     if stated is not None:
         return ChipGrid(stated, size, stride).embedding_grid, True
     res_x = (data["native_xmax"][first] - data["native_xmin"][first]) / size
-    res_y = -(data["native_ymax"][first] - data["native_ymin"][first]) / int(data["height"][first])
+    down = -1 if crs is not None else 1  # rows go south on a map, and up the y axis of pixel coordinates
+    res_y = down * (data["native_ymax"][first] - data["native_ymin"][first]) / int(data["height"][first])
     origin_x = data["native_xmin"][first] - data["col_off"][first] * res_x
-    origin_y = data["native_ymax"][first] - data["row_off"][first] * res_y
+    origin_y = data["native_ymax" if crs is not None else "native_ymin"][first] - data["row_off"][first] * res_y
     rows, cols = int(data["chip_row"].max()) + 1, int(data["chip_col"].max()) + 1
     chips = ChipGrid(Grid(crs, Affine(res_x, 0.0, origin_x, 0.0, res_y, origin_y), 1, 1), size, stride)
     return Grid(crs, chips.embedding_grid.transform, cols, rows), False
 
 
-def _stated_grid(crs: CRS, source: dict[str, Any], data: dict[str, np.ndarray], first: int) -> Grid | None:
+def _stated_grid(crs: CRS | None, source: dict[str, Any], data: dict[str, np.ndarray], first: int) -> Grid | None:
     """The source grid that the source item's ``proj:transform``/``proj:shape`` state, when the
     chips were cut from it (their native bounds lie on it); else None (resampled, or not stated)."""
     try:
         transform = Affine(*[float(v) for v in json.loads(source["proj:transform"])[:6]])
         height, width = (int(v) for v in json.loads(source["proj:shape"])[:2])
     except (KeyError, TypeError, ValueError):
+        return None
+    if crs is None:  # the source's proj fields describe a grid the chips were not cut from
         return None
     grid = Grid(crs, transform, width, height)
     bounds = grid.windows_bounds(data["col_off"][first], data["row_off"][first], data["width"][first],
@@ -181,7 +186,8 @@ def same_grid(a: Grid, b: Grid) -> bool:
 
 def describe_grid(grid: Grid) -> str:
     t = grid.transform
-    return (f"{grid.crs_code if grid.crs.to_epsg() else 'a custom CRS'}, {grid.width}x{grid.height} px of "
+    crs = "pixel coordinates (no CRS)" if not grid.placed else grid.crs_code if grid.crs.to_epsg() else "a custom CRS"
+    return (f"{crs}, {grid.width}x{grid.height} px of "
             f"{abs(t.a):g} x {abs(t.e):g} from ({t.c:.10g}, {t.f:.10g})")
 
 
@@ -291,9 +297,10 @@ def write_cog(path: Path, values: np.ndarray, grid: Grid, *, nodata: float, desc
 
 def projection_fields(grid: Grid) -> dict[str, Any]:
     """Projection v2.0.0 fields of an asset on ``grid``: ``proj:code`` (or the WKT2, for a CRS
-    without an EPSG code), shape and transform."""
-    epsg = grid.crs.to_epsg()
-    crs = {"proj:code": f"EPSG:{epsg}"} if epsg else {"proj:wkt2": grid.crs.to_wkt()}
+    without an EPSG code; null without georeferencing), shape and transform."""
+    epsg = grid.crs.to_epsg() if grid.placed else None
+    crs = {"proj:code": f"EPSG:{epsg}"} if epsg else {"proj:wkt2": grid.crs.to_wkt()} if grid.placed \
+        else {"proj:code": None}
     return {**crs, "proj:shape": [grid.height, grid.width], "proj:transform": list(grid.transform)[:6]}
 
 
@@ -394,6 +401,8 @@ class DerivedOutput:
             "id": item_id, "geometry": geometry, "bbox": bbox, "properties": properties, "links": links,
             "assets": assets, "collection": self.collection_id,
         }
+        if bbox is None:  # an item without geometry (no georeferencing) has no bbox: STAC wants none, not null
+            del document["bbox"]
         write_json(self.item_dir(item_id) / final.name, document)
         self.items.append(document)
         return document

@@ -229,7 +229,8 @@ def _build_one(collection_id: str, items: list[EmbeddingItem], force: bool, batc
                         "source_collection": rows.column("source_collection"),
                         "chip_row": rows.column("chip_row"), "chip_col": rows.column("chip_col"),
                         "datetime": rows.column("datetime"), "geometry": rows.column("geometry"),
-                        "bbox": pc.cast(batch.column("bbox"), SIDECAR_SCHEMA.field("bbox").type),
+                        "bbox": pc.cast(batch.column("bbox"), SIDECAR_SCHEMA.field("bbox").type) if item.placed
+                        else pa.nulls(batch.num_rows, SIDECAR_SCHEMA.field("bbox").type),  # pixel coordinates
                     }, schema=SIDECAR_SCHEMA)
                     writer.write_table(sidecar, row_group_size=SIDECAR_ROW_GROUP)
                     offset += batch.num_rows

@@ -161,7 +161,7 @@ class Quicklook:
 
     rgba: np.ndarray
     transform: Affine
-    crs: CRS
+    crs: CRS | None  # None: no georeferencing (pixel coordinates)
 
     @property
     def grid(self) -> Grid:
@@ -376,15 +376,20 @@ def _table_grid(item: EmbeddingItem) -> Grid | None:
     size_x, size_y = stride * res_x, stride * res_y
     centre_x = (first["native_xmin"] + first["native_xmax"]) / 2
     centre_y = (first["native_ymin"] + first["native_ymax"]) / 2
-    transform = Affine(size_x, 0.0, centre_x - size_x / 2 - first["chip_col"] * size_x,
-                       0.0, -size_y, centre_y + size_y / 2 + first["chip_row"] * size_y)
     geo = json.loads((table.schema.metadata or {}).get(b"geo", b"{}"))
-    crs_json = geo.get("columns", {}).get("native_geometry", {}).get("crs")
-    if crs_json is None:
+    column = geo.get("columns", {}).get("native_geometry", {})
+    crs_json = column.get("crs")
+    if crs_json is None and "crs" not in column:
         raise ReadError(f"item {item.id!r}: its GeoParquet names no CRS of native_geometry")
     import pyproj
 
-    crs = CRS.from_wkt(pyproj.CRS.from_json_dict(crs_json).to_wkt())
+    # "crs": null: no georeferencing, pixel/line coordinates whose y grows down the rows.
+    crs = CRS.from_wkt(pyproj.CRS.from_json_dict(crs_json).to_wkt()) if crs_json is not None else None
+    left = centre_x - size_x / 2 - first["chip_col"] * size_x
+    if crs is not None:
+        transform = Affine(size_x, 0.0, left, 0.0, -size_y, centre_y + size_y / 2 + first["chip_row"] * size_y)
+    else:
+        transform = Affine(size_x, 0.0, left, 0.0, size_y, centre_y - size_y / 2 - first["chip_row"] * size_y)
     height = int(np.max(table.column("chip_row").to_numpy())) + 1
     width = int(np.max(table.column("chip_col").to_numpy())) + 1
     return Grid(crs, transform, width, height)

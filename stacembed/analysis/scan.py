@@ -41,6 +41,8 @@ class Filters:
 
     def item_may_match(self, item: EmbeddingItem) -> bool:
         """Whether ``item`` may hold a chip that passes (its bbox and time range, before reading it)."""
+        if self.bbox is not None and not item.placed:
+            return False
         reach = item_reach(item) if self.bbox is not None else None
         if reach is not None and not boxes_meet(reach, self.bbox):
             return False
@@ -163,7 +165,8 @@ def scan(items: Sequence[EmbeddingItem], order: dict[tuple[str | None, str], int
     return matched
 
 def chip_rows(data: pa.Table | pa.RecordBatch, item: EmbeddingItem) -> pa.Table:
-    """Chip rows of an item (``iter_chips``) as ``CHIP_SCHEMA`` (columns a file lacks are null)."""
+    """Chip rows of an item (``iter_chips``) as ``CHIP_SCHEMA`` (columns a file lacks are null;
+    ``geometry`` is lon/lat, so null for an item without georeferencing: ``EmbeddingItem.placed``)."""
     n = data.num_rows
     names = data.schema.names
     columns = []
@@ -172,7 +175,7 @@ def chip_rows(data: pa.Table | pa.RecordBatch, item: EmbeddingItem) -> pa.Table:
             values = pa.array([item.id] * n, pa.string())
         elif column.name == "collection":
             values = pa.array([item.collection_id] * n, pa.string())
-        elif column.name in names:
+        elif column.name in names and (column.name != "geometry" or item.placed):
             values = pc.cast(data.column(column.name), column.type)
         else:
             values = pa.nulls(n, column.type)

@@ -449,8 +449,9 @@ def _geo_metadata(table: pa.Table) -> dict[str, Any]:
     column: dict[str, Any] = {"encoding": "WKB", "geometry_types": ["Polygon"],
                               "crs": CRS.from_user_input("OGC:CRS84").to_json_dict()}
     shapes = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
-    if len(shapes):
-        column["bbox"] = [float(v) for v in shapely.total_bounds(shapes)]
+    bounds = shapely.total_bounds(shapes) if len(shapes) else None
+    if bounds is not None and np.isfinite(bounds).all():  # chips without georeferencing have no geometry
+        column["bbox"] = [float(v) for v in bounds]
     return {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
 
 

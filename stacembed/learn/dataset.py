@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..analysis.derived import embedding_grid
 from ..embeddings import BATCH_ROWS, EmbeddingItem
-from ..errors import LabelError
+from ..errors import ConfigError, LabelError
 from .labels import Labels
 
 # What a sample keeps of its chip: where it is (to split by place and to write predictions) and
@@ -102,6 +102,9 @@ def _chips(items: Sequence[EmbeddingItem], batch_rows: int) -> Iterator[tuple[CR
     columns = [*KEY_COLUMNS, *_BOUNDS, "width"]
     for item in items:
         crs = embedding_grid(item).crs
+        if crs is None:  # labels are placed on the map, chips without georeferencing are not
+            raise ConfigError(f"labels meet chips by place, and item {item.id!r} has no georeferencing "
+                              "(pixel coordinates only); leave it out")
         for batch, vectors in item.iter_chips(batch_rows, columns=columns):
             if len(vectors):
                 yield crs, batch, vectors

@@ -16,8 +16,9 @@ chooses one:
   module imports zarr (and xarray for NetCDF) only when such a band is read.
 
 ``ModalReader`` (``readers.modal``) goes around either for a model of several inputs: it warps the
-same window of every other modality onto the primary's grid (``WarpedVRT``, exact transformer)
-and returns all bands in the card's order (``job.ModalFeedSpec`` opens it).
+same window of every other modality onto the primary's grid (``WarpedVRT``, exact transformer;
+Zarr/NetCDF bands through ``ArrayReader``) and returns all bands in the card's order
+(``job.ModalFeedSpec`` opens it).
 """
 
 from __future__ import annotations

@@ -20,6 +20,11 @@ What the warp does, and nothing else:
 - ``sar_db``: linear backscatter becomes 10·log10 (dB, in float64, rounded to float32);
   values <= 0 have no logarithm and become no data.
 
+A modality in Zarr stores (a sample cube's other modality: ``resolve.cubes``) is read by
+``readers.zarr.ArrayReader`` onto the grid instead, one per band: as stored where its grid is the
+primary's (the cubes of one sample share their pixels, placed or not), else resampled as that
+reader does (placed grids only).
+
 The bands are returned in the card's order (each modality's in its place). A pixel is valid when
 every band of every *required* modality has data there: an optional modality's gaps (or its
 absence) never make a chip invalid, its bands are then no data, which the embedder fills after
@@ -37,8 +42,10 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from ..access import redact_text
 from ..bands import BandSource
-from ..grid import Grid, raster_errors
+from ..errors import ReadError
+from ..grid import Grid, band_grid, raster_errors
 
 # GDAL's approximate transformer with this error bound (pixels) transforms every pixel exactly
 # (rasterio's WarpedVRT takes no 0: it then builds no transformer at all).
@@ -72,13 +79,14 @@ class ModalReader:
         self.grid = grid
         self.opened: dict[str, rasterio.DatasetReader] = {}  # by href
         self.vrts: dict[tuple, WarpedVRT] = {}
+        self.arrays: dict[tuple, object] = {}  # readers.zarr.ArrayReader by (band, method)
         count = sum(len(read.bands) for read in reads)
         self.shape = (count, *primary.shape[1:])  # (band, [time,] y, x): time only for one modality
         try:
             for read in reads:
                 for _, bands in read.sources:
                     for band, method in zip(bands, read.resampling, strict=True):
-                        self._vrt(band, method)
+                        (self._array if band.format else self._vrt)(band, method)
         except BaseException:
             self.close()
             raise
@@ -99,6 +107,19 @@ class ModalReader:
                     tolerance=EXACT, **extra,
                 )
         return self.vrts[key]
+
+    def _array(self, band: BandSource, method: str):
+        """A band of a Zarr store or NetCDF file read onto the grid (``readers.zarr``), opened once."""
+        key = (band, method)
+        if key not in self.arrays:
+            from .zarr import ArrayReader
+
+            own = band_grid(band)
+            if own != self.grid and not (own.placed and self.grid.placed):
+                raise ReadError(f"band {band.name} ({redact_text(band.href)}) is on another pixel grid than the "
+                                "primary input's, and without georeferencing it cannot be brought onto it")
+            self.arrays[key] = ArrayReader([(None, [band])], self.grid, [[own]], resampling=method)
+        return self.arrays[key]
 
     @property
     def tile_row_bytes(self) -> int:
@@ -135,6 +156,11 @@ class ModalReader:
         for _, bands in read.sources:
             taken = np.empty_like(values)
             for i, (band, method) in enumerate(zip(bands, read.resampling, strict=True)):
+                if band.format:  # measurements already (scale and offset applied by the array reader)
+                    rows = slice(int(window.row_off), int(window.row_off + window.height))
+                    taken[i] = self._array(band, method).read(rows, slice(int(window.col_off),
+                                                                          int(window.col_off + window.width)))[0][0]
+                    continue
                 with raster_errors(band.href):
                     taken[i] = self._vrt(band, method).read(band.index, window=window)
                 if band.scale != 1 or band.offset != 0:
@@ -150,7 +176,9 @@ class ModalReader:
             vrt.close()
         for ds in self.opened.values():
             ds.close()
-        self.vrts, self.opened = {}, {}
+        for array in self.arrays.values():
+            array.close()
+        self.vrts, self.opened, self.arrays = {}, {}, {}
         self.primary.close()
 
 

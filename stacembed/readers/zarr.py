@@ -26,12 +26,21 @@ Where the pixels are on the map (``_georeference``; the first source that answer
     ``stac_discovery.properties.proj:epsg`` and ``other_metadata.horizontal_CRS_code``; then the
     STAC asset's (or item's) ``proj:*`` fields; then 1-D latitude/longitude coordinates: EPSG:4326.
     Transform: regular 1-D coordinates of the two spatial dimensions (pixel centres: the grid's
-    edge is half a step out), flipped to north-up when y ascends; else GDAL's ``GeoTransform``
-    on the grid mapping, ``proj:transform``/``spatial:transform``/``geo.proj.transform`` of the
-    array or its group (checked against ``proj:shape``/``spatial:shape`` when stated), the STAC
-    asset's ``proj:transform``. A store that answers neither is refused with one line
-    (``ReadError``): stacembed's outputs are georeferenced through and through (footprints,
-    GeoParquet geometry, COG CRS, STAC geometry), so a run writes no unplaced embeddings.
+    edge is half a step out; integer pixel indices 0..n-1 are not coordinates), flipped to
+    north-up when y ascends; else GDAL's ``GeoTransform`` on the grid mapping,
+    ``proj:transform``/``spatial:transform``/``geo.proj.transform`` of the array or its group
+    (checked against ``proj:shape``/``spatial:shape`` when stated), the STAC asset's
+    ``proj:transform``.
+
+Without georeferencing (no CRS, no transform, or only one of them)
+    A variable is placed only with both. Without them it is read on its pixel grid, as GDAL reads
+    a raster without georeferencing: no CRS and the identity transform (``grid.Grid.unplaced``:
+    x = column, y = row, growing down), rows in storage order (coordinates are not used: integer
+    index coordinates, or x/y of an unknown CRS, do not say which way is north). One warning per
+    store says so and what was found (``_say_unplaced``: e.g. "a CRS (EPSG:32634) but no pixel
+    grid"); a CRS alone or a transform alone is named there and goes no further, since the other
+    half is what would place the pixels. Outputs are then in pixel coordinates without a CRS
+    (see ``grid``); the STAC asset's ``proj:code`` and ``proj:transform`` place such a store.
 
 Values (``_Handle.read``, the same arithmetic as ``readers.direct`` for a GeoTIFF)
     No data: the CF ``_FillValue`` (for Zarr v2, the array's ``fill_value``, as xarray reads it;
@@ -39,6 +48,18 @@ Values (``_Handle.read``, the same arithmetic as ``readers.direct`` for a GeoTIF
     STAC ``nodata``, and non-finite floats. Scale and offset: the STAC band's (``raster:scale``/
     ``raster:offset``) when the item states them, else the variable's CF ``scale_factor``/
     ``add_offset``; applied once, in float64, rounded to float32 (never both: EOPF states both).
+
+Zipped stores and selections (Embed2Scale / SSL4EO-S12 v1.1 sample cubes, ``resolve.cubes``)
+    A local ``<name>.zarr.zip`` is a store (zarr-python's ``ZipStore``, read-only; the root is the
+    path component ending in ``.zarr.zip``). A variable of more dimensions than (y, x) is read at an
+    index along each other one, named as ``name[dim=index,...]`` (xarray's ``isel``; a cube's band:
+    ``bands[sample=3,time=1,band=4]``); a dimension of one value needs none. When the selection
+    fixes a ``sample`` dimension, the variable's 1-D coordinates are not its georeferencing (they
+    are shared by samples at different places; the cubes' are pixel indices): the asset's
+    ``proj:*`` fields place it, else it is read on its pixel grid. The decoded chunks of selected
+    variables are cached whole and shared by every band, season and sample read from them
+    (``_shared_chunk``, at most ``SHARED_CHUNK_BYTES``), so a chunk that holds all of them is
+    decoded once while they are read in order, not once per band.
 
 Multiscale stores (``level_at``)
     EOPF keeps each band at several resolutions in sibling groups (``r10m``, ``r20m``,
@@ -59,8 +80,10 @@ Memory
 Remote stores: ``http(s)://`` through fsspec (aiohttp), with ``--asset-header`` headers and the
 ``--timeout``; a Zarr store over plain HTTP needs consolidated metadata only to be listed
 (matching a band by variable name without STAC metadata), never to read a named array.
-``s3://`` works when ``s3fs`` is installed (``--aws-unsigned``, requester pays and
-``AWS_S3_ENDPOINT`` are passed on; credentials come from the usual AWS environment).
+``s3://`` through s3fs (``pip install 'stacembed[zarr]'``), with what GDAL's ``/vsis3/`` gets
+(``storage_options``: ``--aws-unsigned``, ``--requester-pays``, ``AWS_S3_ENDPOINT``, ``AWS_HTTPS``,
+``AWS_REGION``, ``--timeout``/``--retries``; credentials from the same AWS environment); tested
+against an S3 server on loopback (tests/test_s3.py).
 
 Structure references (read while writing this):
 - EOPF Sentinel-2 L2A product (consolidated metadata of a real product: groups
@@ -87,9 +110,13 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import logging
 import math
 import os
 import posixpath
+import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -108,6 +135,8 @@ if TYPE_CHECKING:  # annotations only: this module imports neither (grid and ban
     from ..bands import BandSource
     from ..grid import Grid
 
+log = logging.getLogger("stacembed")
+
 # Names of spatial dimensions (GeoZarr's pattern list, CF's usual names), lower case.
 _X_NAMES = ("x", "lon", "longitude", "easting", "col", "sample", "xc", "rlon")
 _Y_NAMES = ("y", "lat", "latitude", "northing", "row", "line", "yc", "rlat")
@@ -121,6 +150,12 @@ _MARGIN = 4
 # GDAL's approximate transformer with this error bound (pixels) transforms every pixel exactly, as in
 # ``readers.modal`` (not imported from there: modal imports grid, which imports this module).
 EXACT = 1e-9
+# A zipped Zarr store (one file; Embed2Scale / SSL4EO-S12 v1.1 sample cubes).
+ZIPPED = ".zarr.zip"
+# ``name[dim=index,...]``: a variable read at an index along each named dimension (xarray's ``isel``).
+_SELECTION = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<select>[^\[\]]*)\]$")
+# Decoded chunks of selected variables shared by every band and sample read from them (``_shared_chunk``).
+SHARED_CHUNK_BYTES = 512 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,9 +166,10 @@ EXACT = 1e-9
 class Layout:
     """A variable of a store, as read: where, its spatial layout, values and grid.
 
-    ``axes``: the storage axes of (y, x) (other axes have one value, read at index 0);
+    ``axes``: the storage axes of (y, x) (other axes are read at ``index``: a selection's, else 0);
     ``flip_y``: stored south-up (y ascending), read flipped; ``transform``: the north-up affine,
-    6 numbers; ``crs``: ``EPSG:n`` or WKT.
+    6 numbers; ``crs``: ``EPSG:n`` or WKT, or None without georeferencing (then ``transform`` is
+    the identity: pixel/line coordinates, rows as stored; see the module docstring).
     """
 
     fmt: str
@@ -149,8 +185,9 @@ class Layout:
     fill: tuple[float, ...]  # CF no-data values, compared in the stored type
     cf_scale: float | None
     cf_offset: float | None
-    crs: str
+    crs: str | None
     transform: tuple[float, ...]
+    index: tuple[int, ...] = ()  # per storage axis: the index read along it (spatial axes: 0); () all 0
 
     @property
     def path(self) -> str:
@@ -174,8 +211,8 @@ def _describe(href: str, fmt: str, variable: str | None, proj: str | None) -> La
 
 
 def variable_grid(href: str, fmt: str, variable: str | None,
-                  proj: str | None = None) -> tuple[str, tuple[float, ...], int, int]:
-    """(CRS, transform, width, height) of a store's variable: ``grid.band_grid`` makes the ``Grid``."""
+                  proj: str | None = None) -> tuple[str | None, tuple[float, ...], int, int]:
+    """(CRS or None, transform, width, height) of a store's variable: ``grid.band_grid`` makes the ``Grid``."""
     layout = describe(href, fmt, variable, proj)
     return layout.crs, layout.transform, layout.shape[1], layout.shape[0]
 
@@ -251,7 +288,7 @@ def split_store(href: str) -> tuple[str, str]:
     clean = clean.rstrip("/")
     parts = clean.split("/")
     for i in range(len(parts) - 1, -1, -1):
-        if parts[i].lower().endswith(".zarr"):
+        if parts[i].lower().endswith((".zarr", ZIPPED)):
             return "/".join(parts[: i + 1]), "/".join(parts[i + 1:])
     if "://" in clean:
         return clean, ""
@@ -262,13 +299,36 @@ def split_store(href: str) -> tuple[str, str]:
     return str(root), "" if inner == "." else inner
 
 
-@functools.lru_cache(maxsize=16)
 def _zarr_root(root: str):
-    """The store's root group, opened once per process (consolidated metadata when there is some)."""
+    """The store's root group, opened once per process and remote settings (consolidated metadata
+    when there is some): a later run in this process with other credentials, ``--aws-unsigned`` or
+    another endpoint opens it again rather than reusing a filesystem made for the first."""
+    return _open_root(root, repr(sorted(storage_options(root).items())))
+
+
+@functools.lru_cache(maxsize=16)
+def _open_root(root: str, settings: str):
+    """``_zarr_root``'s cache, keyed by the store and ``settings``: the repr of its
+    ``storage_options`` (a dict, which the cache cannot hash), as the caller has just found them."""
     zarr = _need("zarr", "Zarr")
+    if root.lower().endswith(ZIPPED):
+        return zarr.open_group(store=_zip_store(root), mode="r")
     options = storage_options(root)
     with _filesystem(root):
         return zarr.open_group(store=root, mode="r", storage_options=options or None)
+
+
+def _zip_store(root: str):
+    """A zipped store (``.zarr.zip``, as zarr-python 2's ``ZipStore`` wrote them), opened read-only;
+    local files only."""
+    import zarr.storage
+
+    if "://" in root:
+        raise ConfigError(f"{redact_text(root)}: zipped Zarr stores are read from local files only; "
+                          "download it first")
+    if not Path(root).is_file():
+        raise ReadError(f"cannot read {redact_text(root)}: not found")
+    return zarr.storage.ZipStore(root, mode="r")
 
 
 @contextmanager
@@ -285,8 +345,12 @@ def _filesystem(href: str) -> Iterator[None]:
 
 def storage_options(href: str) -> dict[str, Any]:
     """fsspec options for a remote href, from the run's GDAL settings (``Access.gdal_options``,
-    active as the ``rasterio.Env`` a run reads in): ``--asset-header`` headers and ``--timeout``
-    for http(s); unsigned requests, requester pays and an endpoint for s3."""
+    active as the ``rasterio.Env`` a run reads in) and the ``AWS_*`` environment: ``--asset-header``
+    headers and ``--timeout`` for http(s); for s3 (s3fs) what GDAL's ``/vsis3/`` is given:
+    ``--aws-unsigned`` (``AWS_NO_SIGN_REQUEST``), ``--requester-pays``, ``--timeout``/``--retries``,
+    ``AWS_S3_ENDPOINT`` (``AWS_HTTPS=NO``: http), ``AWS_VIRTUAL_HOSTING=FALSE`` (path-style) and
+    ``AWS_REGION``. Credentials are botocore's, from the same environment GDAL reads them from
+    (``AWS_ACCESS_KEY_ID``..., ``AWS_PROFILE``, ``~/.aws``)."""
     scheme = urlsplit(href).scheme.lower()
     if scheme not in ("http", "https", "s3"):
         return {}
@@ -310,6 +374,15 @@ def storage_options(href: str) -> dict[str, Any]:
         options["anon"] = True
     if env.get("AWS_REQUEST_PAYER") == "requester":
         options["requester_pays"] = True
+    config: dict[str, Any] = {}
+    if env.get("GDAL_HTTP_TIMEOUT"):  # --timeout and --retries, as for GDAL's requests
+        config.update(connect_timeout=float(env["GDAL_HTTP_TIMEOUT"]), read_timeout=float(env["GDAL_HTTP_TIMEOUT"]))
+    if env.get("GDAL_HTTP_MAX_RETRY"):
+        config["retries"] = {"max_attempts": int(env["GDAL_HTTP_MAX_RETRY"]) + 1}
+    if str(env.get("AWS_VIRTUAL_HOSTING", "")).upper() in ("NO", "FALSE", "OFF", "0"):
+        config["s3"] = {"addressing_style": "path"}  # botocore's default for an endpoint's own host, too
+    if config:
+        options["config_kwargs"] = config
     client: dict[str, Any] = {}
     if env.get("AWS_S3_ENDPOINT"):
         endpoint = str(env["AWS_S3_ENDPOINT"])
@@ -426,6 +499,7 @@ class _View:
     group_attrs: list[dict]  # the variable's group first, then its ancestors up to the root
     chunks: tuple[int, ...] | None
     fill: tuple[float, ...]
+    selection: tuple[tuple[str, int], ...] = ()  # ``name[dim=index,...]``: the index read along each dim
 
     def coordinate(self, dim: str) -> tuple[np.ndarray | None, dict]:
         raise NotImplementedError
@@ -440,11 +514,7 @@ class _View:
         path = posixpath.join(self.group, self.name) if self.group else self.name
         where = f"{redact_text(self.store)} variable {path}"
         y_axis, x_axis = _spatial_axes(self)
-        for axis, (dim, size) in enumerate(zip(self.dims, self.shape, strict=True)):
-            if axis not in (y_axis, x_axis) and size != 1:
-                raise BandError(f"{where} has dimensions {dict(zip(self.dims, self.shape, strict=True))}; a band "
-                                f"is one 2-D variable ({dim} has {size} values: stacembed reads one of them only "
-                                "when there is one)")
+        index = self._index(y_axis, x_axis, where)
         crs, transform, flip_y = _georeference(self, y_axis, x_axis, proj, where)
         chunks = (self.chunks[y_axis], self.chunks[x_axis]) if self.chunks else None
         return Layout(
@@ -452,15 +522,39 @@ class _View:
             shape=(self.shape[y_axis], self.shape[x_axis]), ndim=len(self.shape), axes=(y_axis, x_axis),
             flip_y=flip_y, dtype=np.dtype(self.dtype).str, chunks=chunks, fill=self.fill,
             cf_scale=_number(self.attrs.get("scale_factor")), cf_offset=_number(self.attrs.get("add_offset")),
-            crs=crs, transform=transform,
+            crs=crs, transform=transform, index=index,
         )
+
+    def _index(self, y_axis: int, x_axis: int, where: str) -> tuple[int, ...]:
+        """The index read along each storage axis: the selection's, 0 along a dimension of one value
+        (and the spatial axes); () without a selection. Any other dimension is an error."""
+        dims = dict(zip(self.dims, self.shape, strict=True))
+        chosen = dict(self.selection)
+        unknown = [d for d in chosen if d not in dims or d in (self.dims[y_axis], self.dims[x_axis])]
+        if unknown:
+            raise BandError(f"{where}: cannot select along {', '.join(unknown)} (its dimensions: {dims}; the "
+                            f"spatial ones are {self.dims[y_axis]}, {self.dims[x_axis]})")
+        index = []
+        for axis, (dim, size) in enumerate(dims.items()):
+            at = chosen.get(dim, 0)
+            if axis not in (y_axis, x_axis) and dim not in chosen and size != 1:
+                raise BandError(f"{where} has dimensions {dims}; a band is one 2-D variable ({dim} has {size} "
+                                "values: name one with VARIABLE[" + dim + "=INDEX], or stacembed reads the only one)")
+            if not 0 <= at < size:
+                raise BandError(f"{where}: index {at} of {dim} is outside its {size} values")
+            index.append(at)
+        return tuple(index) if chosen else ()
 
 
 class _ZarrView(_View):
     fmt = "zarr"
 
-    def __init__(self, root_href: str, root: Any, path: str) -> None:
+    def __init__(self, root_href: str, root: Any, path: str, selection: tuple[tuple[str, int], ...] = (),
+                 shared: bool = False) -> None:
+        """``shared``: read whole chunks through the cache every band of the array shares (a selection's
+        chunk holds other bands and samples too: ``_shared_chunk``)."""
         self.store, self.root = root_href, root
+        self.selection, self.shared = selection, shared or bool(selection)
         self.group, self.name = posixpath.dirname(path), posixpath.basename(path)
         self.array = root[path]
         self.parent = root[self.group] if self.group else root
@@ -487,6 +581,10 @@ class _ZarrView(_View):
             group = posixpath.dirname(group)
 
     def coordinate(self, dim: str) -> tuple[np.ndarray | None, dict]:
+        if any(d.lower() == "sample" for d, _ in self.selection):
+            # One sample of a stack of samples at different places (an SSL4EO-S12 cube): 1-D coordinates
+            # shared by all of them (there, pixel indices) place none; its asset's proj:* fields do.
+            return None, {}
         try:
             node = self.parent[dim]
         except (KeyError, FileNotFoundError, ValueError):
@@ -502,7 +600,42 @@ class _ZarrView(_View):
             return None
 
     def fetch(self, key: tuple) -> np.ndarray:
+        if self.shared:
+            return _shared_chunk(self, key)
         return np.asarray(self.array[key])
+
+
+_SHARED: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_chunk(view: _ZarrView, key: tuple) -> np.ndarray:
+    """``view.array[key]`` cut from its whole decoded chunk, kept in a cache every band and sample
+    read from that chunk shares (least recently used first out, at most ``SHARED_CHUNK_BYTES`` and
+    always the latest chunk): a chunk that holds several bands, seasons or samples (a sample cube's)
+    is decoded once while they are read in order, not once per band. A key spanning chunks is
+    read directly."""
+    chunks, shape = view.chunks or view.shape, view.shape
+    origin, local = [], []
+    for k, c in zip(key, chunks, strict=True):
+        start, stop = (k.start, k.stop) if isinstance(k, slice) else (k, k + 1)
+        if (stop - 1) // c != start // c:
+            return np.asarray(view.array[key])
+        origin.append(start // c * c)
+        local.append(slice(start - origin[-1], stop - origin[-1]) if isinstance(k, slice) else k - origin[-1])
+    cache_key = (view.store, posixpath.join(view.group, view.name), tuple(origin))
+    with _SHARED_LOCK:
+        block = _SHARED.get(cache_key)
+        if block is not None:
+            _SHARED.move_to_end(cache_key)
+    if block is None:
+        block = np.asarray(view.array[tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, chunks, shape,
+                                                                                     strict=True))])
+        with _SHARED_LOCK:
+            _SHARED[cache_key] = block
+            while len(_SHARED) > 1 and sum(b.nbytes for b in _SHARED.values()) > SHARED_CHUNK_BYTES:
+                _SHARED.popitem(last=False)
+    return np.array(block[tuple(local)])  # a copy: a view would keep the whole chunk alive
 
 
 class _NetCDFView(_View):
@@ -534,17 +667,34 @@ class _NetCDFView(_View):
         return np.asarray(self.variable[key].values)
 
 
+def split_selection(variable: str | None) -> tuple[str | None, tuple[tuple[str, int], ...]]:
+    """``name[dim=index,...]`` -> (name, ((dim, index), ...)); a plain name -> (name, ())."""
+    match = _SELECTION.match(variable or "")
+    if not match:
+        return variable, ()
+    selection = []
+    for part in filter(None, (p.strip() for p in match["select"].split(","))):
+        dim, sep, index = (t.strip() for t in part.partition("="))
+        if not sep or not dim or not index.isdigit():
+            raise BandError(f"variable {variable!r}: a selection is dim=index, ..., e.g. bands[time=0,band=3]")
+        selection.append((dim, int(index)))
+    return match["name"].strip(), tuple(selection)
+
+
 @contextmanager
 def _open_variable(href: str, fmt: str, variable: str | None) -> Iterator[_View]:
     """The view of ``variable`` at ``href`` (see the module docstring for how it is found)."""
+    variable, selection = split_selection(variable)
     if fmt == "netcdf":
         group, _, name = (variable or "").lstrip("/").rpartition("/")
         with _netcdf(href, group) as ds:
-            yield _NetCDFView(href, ds, group, _netcdf_name(ds, name, href))
+            view: _View = _NetCDFView(href, ds, group, _netcdf_name(ds, name, href))
+            view.selection = selection
+            yield view
         return
     root_href, inner = split_store(href)
     root = _zarr_root(root_href)
-    yield _ZarrView(root_href, root, _zarr_path(root, inner, variable, href))
+    yield _ZarrView(root_href, root, _zarr_path(root, inner, variable, href), selection)
 
 
 def _netcdf_name(ds: Any, name: str, href: str) -> str:
@@ -607,9 +757,9 @@ def _spatial_axes(view: _View) -> tuple[int, int]:
             return view.dims.index(declared[0]), view.dims.index(declared[1])
 
     def axis_of(names: tuple[str, ...], axis: str, standard: tuple[str, ...]) -> int | None:
-        for i, dim in enumerate(lowered):
-            if dim in names:
-                return i
+        for name in names:  # in the names' order: a cube's (sample, ..., y, x) has its x in x, not sample
+            if name in lowered:
+                return lowered.index(name)
         for i, dim in enumerate(view.dims):
             attrs = view.coordinate(dim)[1] if len(view.dims) > 2 else {}
             if str(attrs.get("axis", "")).upper() == axis or attrs.get("standard_name") in standard:
@@ -624,8 +774,9 @@ def _spatial_axes(view: _View) -> tuple[int, int]:
 
 
 def _georeference(view: _View, y_axis: int, x_axis: int, proj: dict,
-                  where: str) -> tuple[str, tuple[float, ...], bool]:
-    """(CRS, north-up transform, stored south-up) of the variable: see the module docstring."""
+                  where: str) -> tuple[str | None, tuple[float, ...], bool]:
+    """(CRS, north-up transform, stored south-up) of the variable: see the module docstring;
+    without both a CRS and a transform, (None, the identity, False): its pixel grid, as stored."""
     height, width = view.shape[y_axis], view.shape[x_axis]
     ydim, xdim = view.dims[y_axis], view.dims[x_axis]
     xs, xattrs = view.coordinate(xdim)
@@ -656,7 +807,7 @@ def _georeference(view: _View, y_axis: int, x_axis: int, proj: dict,
     y_axis_info = _regular(ys) if ys is not None and len(ys) == height else None
     if x_axis_info and y_axis_info:
         (x0, dx), (y0, dy) = x_axis_info, y_axis_info
-        if dx < 0:
+        if dx < 0 and crs:
             raise ReadError(f"{where}: its x coordinates decrease (east to west); it is not supported")
         flip_y = dy > 0
         top = (y0 + dy * (height - 1)) if flip_y else y0
@@ -675,16 +826,33 @@ def _georeference(view: _View, y_axis: int, x_axis: int, proj: dict,
     if crs and transform:
         return crs, transform, flip_y
     if transform and not crs:
-        missing = "a transform but no CRS"
+        found = "a pixel grid (coordinates or a transform) but no CRS"
     elif crs and not transform:
-        missing = "a CRS but no pixel grid (no regular 1-D coordinates of its last two dimensions, no transform)"
+        name = crs if len(crs) <= 40 else _crs_name(crs)
+        found = f"a CRS ({name}) but no pixel grid (no regular 1-D coordinates of its spatial dimensions, no transform)"
     else:
-        missing = "no georeferencing"
-    raise ReadError(
-        f"{where} has {missing} stacembed can read (CF grid_mapping or spatial_ref, proj:/GeoZarr attributes, "
-        "regular 1-D x/y or lat/lon coordinates, or the STAC asset's proj:code and proj:transform); "
-        "it cannot be placed on a map"
-    )
+        found = "no georeferencing"
+    _say_unplaced(view.store, found)
+    return None, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), False
+
+
+_UNPLACED: set[str] = set()
+
+
+def _say_unplaced(store: str, found: str) -> None:
+    """One warning per store (per process) that its variables are read on their pixel grids."""
+    if store in _UNPLACED:
+        return
+    _UNPLACED.add(store)
+    log.warning("%s has %s stacembed can read: it is read on its pixel grid, and its outputs are in pixel "
+                "coordinates without a CRS (give the asset proj:code and proj:transform to place them)",
+                redact_text(store), found)
+
+
+def _crs_name(wkt: str) -> str:
+    from pyproj import CRS
+
+    return CRS.from_user_input(wkt).name
 
 
 def _geo_proj(attrs: dict) -> dict | None:
@@ -767,8 +935,12 @@ def _transform_of(attrs: dict | None, shape: tuple[int, int]) -> tuple[float, ..
 
 
 def _regular(values: np.ndarray) -> tuple[float, float] | None:
-    """(first centre, step) of regularly spaced 1-D coordinates, or None."""
+    """(first centre, step) of regularly spaced 1-D map coordinates, or None: not numbers, or
+    pixel indices (the integers 0, 1, ... n-1, which name positions, not places: SSL4EO-S12's
+    ``x``/``y``), which leave the grid to the other sources."""
     if values.dtype.kind not in "iuf" or len(values) < 2:
+        return None
+    if values.dtype.kind in "iu" and values[0] == 0 and np.array_equal(values, np.arange(len(values))):
         return None
     v = values.astype("float64")
     step = (v[-1] - v[0]) / (len(v) - 1)
@@ -905,7 +1077,7 @@ class _Handle:
             self.closers.append(lambda: context.__exit__(None, None, None))
             view: _View = _NetCDFView(band.href, ds, layout.group, layout.name)
         else:
-            view = _ZarrView(layout.store, _zarr_root(layout.store), layout.path)
+            view = _ZarrView(layout.store, _zarr_root(layout.store), layout.path, shared=bool(layout.index))
         self.view = view
         y_axis, x_axis = layout.axes
         stored = (view.shape[y_axis], view.shape[x_axis])
@@ -919,7 +1091,7 @@ class _Handle:
     def _fetch(self, a0: int, a1: int, b0: int, b1: int) -> np.ndarray:
         """Storage axes (first spatial, second spatial) windows of the 2-D variable."""
         y_axis, x_axis = self.layout.axes
-        key: list[Any] = [0] * self.layout.ndim
+        key: list[Any] = list(self.layout.index) or [0] * self.layout.ndim
         first, second = sorted((y_axis, x_axis))
         key[first], key[second] = slice(a0, a1), slice(b0, b1)
         with _store_errors(self.band.href):

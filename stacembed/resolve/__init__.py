@@ -1,4 +1,4 @@
-"""Resolve STAC items: a STAC API search, a static catalog, or an item file -> pystac Items.
+"""Resolve STAC items: a STAC API search, a static catalog, an item file, or sample cubes -> pystac Items.
 
 ``Search`` is the whole question (where, what, how to reach it), built once from the run
 configuration, presets applied; ``Search.items()`` answers it the same way whatever the
@@ -15,6 +15,7 @@ import pystac
 
 from ..access import Access, redact_text
 from ..errors import ConfigError, ResolveError
+from .cubes import cube_items, is_cube_source
 from .files import only_collections, read_item_file
 from .filters import ItemFilter, apply, item_time_range
 from .presets import Preset, ValueRule, find_preset, load_presets
@@ -42,6 +43,7 @@ class Search:
     preset: str | None = None
     page_size: int = 100
     value_rules: Mapping[str, tuple[ValueRule, ...]] = field(default_factory=dict)  # by collection id
+    shift_s2_channels: bool = False  # sample cubes: S2 bands + 1000 DN (``cubes``, ``--shift-s2-channels``)
 
     def rules_for(self, item: pystac.Item) -> tuple[ValueRule, ...]:
         """The preset's scale/offset rules for ``item``'s collection (for ``bands.match_bands``)."""
@@ -63,6 +65,7 @@ class Search:
                 sortby=config.sortby, max_items=config.max_items,
             ),
             access=config.access(), band_aliases=dict(config.bands), page_size=config.page_size,
+            shift_s2_channels=config.shift_s2_channels,
         )
         preset = find_preset(config.catalog)
         return search.with_preset(preset) if preset else search
@@ -94,6 +97,9 @@ class Search:
             from .api import search_api
 
             found = search_api(self.api, self.filter, self.access, self.page_size)
+        elif self.items and is_cube_source(self.items):
+            cubes = cube_items(self.items, self.filter.collections, shift_s2=self.shift_s2_channels)
+            found = list(apply(cubes, self.filter))
         elif self.items:
             read = read_item_file(self.items, self.access)
             found = list(apply(only_collections(read, self.filter.collections) if self.filter.collections else read,

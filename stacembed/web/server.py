@@ -60,7 +60,7 @@ import shapely.geometry
 
 from ..access import Access, redact_text
 from ..embeddings import EmbeddingCatalog, EmbeddingItem, _embedding_hrefs, is_url, open_embeddings
-from ..errors import StacembedError
+from ..errors import ConfigError, StacembedError
 from .render import Source, png, raster_bounds
 
 log = logging.getLogger("stacembed")
@@ -101,6 +101,13 @@ class Explorer:
 
     def __init__(self, catalog_href: str | Path):
         self.catalog: EmbeddingCatalog = open_embeddings(catalog_href)
+        unplaced = [item.id for item in self.catalog if not item.placed]
+        if len(unplaced) == len(self.catalog):
+            raise ConfigError(f"explore draws embeddings on a map, and no item of {redact_text(self.catalog.href)} "
+                              "has georeferencing (pixel coordinates only); stacembed similar and cluster take them")
+        if unplaced:
+            log.warning("explore: %d item(s) without georeferencing are not drawn (%s)", len(unplaced),
+                        ", ".join(unplaced[:5]) + (", ..." if len(unplaced) > 5 else ""))
         href = self.catalog.href
         self.root = None if is_url(href) else Path(href).resolve().parent
         self.stac_io = Access().stac_io(href)

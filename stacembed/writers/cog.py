@@ -6,6 +6,8 @@ One band per embedding dimension, NaN where a chip was skipped. Batches are writ
 tiled float32 GeoTIFF as they arrive; ``close`` converts it to a COG, quantizing to int8
 when asked (scale/offset stored as GDAL band scales/offsets, so GDAL readers undo it, and
 -128 as nodata). Source metadata travels in GeoTIFF tags, so the file stands on its own.
+An input without georeferencing (``grid.Grid.placed`` False) gives a GeoTIFF without a CRS whose
+transform maps its pixels to the source's pixel/line coordinates (y down), tags as ever.
 """
 
 from __future__ import annotations

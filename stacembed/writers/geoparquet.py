@@ -5,6 +5,11 @@ GeoParquet 1.1 ``bbox`` covering column; ``native_geometry`` is the exact footpr
 source CRS, on source pixel edges. The source item's properties become columns, so no
 metadata is lost on the way from imagery to vectors.
 
+An input without georeferencing (``grid.Grid.placed`` False) has no lon/lat: both geometry
+columns then hold the footprint in source pixel/line coordinates (x = column, y = row), and the
+``geo`` metadata says ``"crs": null`` for both, which GeoParquet defines as an undefined CRS
+(geopandas reads it as no CRS); every other column is as for a placed input.
+
 ``embedding`` is a fixed-size list of float32, float16, or int8 (``--dtype``). int8 files are
 written as float32 first and quantized on ``close`` one row group at a time, with the
 parameters in the schema metadata (``stacembed:quantization``) and the item's ``emb:quantization``.
@@ -53,7 +58,8 @@ class GeoParquetWriter:
         self.chip_grid = chip_grid
         self.source = source
         self.dims = embedding.dimensions
-        self.native_crs = CRS.from_wkt(chip_grid.grid.crs.to_wkt())
+        grid = chip_grid.grid
+        self.native_crs = CRS.from_wkt(grid.crs.to_wkt()) if grid.placed else None
         self.constants = _property_columns(source.properties)
         self.writer: pq.ParquetWriter | None = None
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
@@ -188,18 +194,20 @@ def footprint_columns(shapes: Footprints) -> dict[str, pa.Array]:
     }
 
 
-def geo_metadata(native_crs: CRS, extent: list[float] | None = None,
+def geo_metadata(native_crs: CRS | None, extent: list[float] | None = None,
                  native_extent: list[float] | None = None) -> dict[str, Any]:
     """GeoParquet ``geo`` metadata of chip tables: ``geometry`` in OGC:CRS84 with its ``bbox``
     covering, ``native_geometry`` in ``native_crs``; a column's ``bbox`` is its extent, when given
-    and finite."""
+    and finite. ``native_crs`` None (an unplaced input): both columns in pixel coordinates, with
+    an explicit ``"crs": null`` (undefined; an absent ``crs`` would mean OGC:CRS84)."""
     geometry = {
         "encoding": "WKB",
         "geometry_types": ["Polygon"],
-        "crs": CRS.from_user_input("OGC:CRS84").to_json_dict(),
+        "crs": CRS.from_user_input("OGC:CRS84").to_json_dict() if native_crs is not None else None,
         "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
     }
-    native = {"encoding": "WKB", "geometry_types": ["Polygon"], "crs": native_crs.to_json_dict()}
+    native = {"encoding": "WKB", "geometry_types": ["Polygon"],
+              "crs": native_crs.to_json_dict() if native_crs is not None else None}
     for column, box in ((geometry, extent), (native, native_extent)):
         if box is not None and np.isfinite(box).all():
             column["bbox"] = [float(v) for v in box]
