@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import sys
 from collections.abc import Iterator
 
@@ -19,6 +21,7 @@ class LocalExecutor:
 
     def __init__(self, config: RunConfig) -> None:
         self.show = config.progress and sys.stderr.isatty()
+        _skip_final_collection()
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -34,3 +37,21 @@ class LocalExecutor:
         with rasterio.Env(**run.inputs.search.access.gdal_options()), short_switch_interval():
             for series in tqdm(run.inputs.series, desc="items", unit="item", disable=not self.show):
                 yield embed_series(run, series, embedder, self.show)
+
+
+_registered = False
+
+
+def _skip_final_collection() -> None:
+    """At interpreter exit, leave the objects alive then out of the last cyclic garbage collection.
+
+    A process that has loaded torch and timm holds millions of objects; the collection Python
+    runs while it shuts down walks them all: measured on 2 cores, 1.0-1.3 s of CPU after the
+    last line of a `stacembed run`, 0.23 s with them frozen (``gc.freeze``) first. Only the
+    final pass changes: ``atexit`` handlers, flushing and closing files, and the ordinary
+    collections during the run are as before.
+    """
+    global _registered
+    if not _registered:
+        atexit.register(gc.freeze)
+        _registered = True
