@@ -48,6 +48,13 @@ RESNET18_CARD = HERE / "models" / "resnet18-landsat.json"
 RESNET18_WEIGHTS = DATA / "models" / "resnet18-landsat.safetensors"
 VIT_S16_CARD = HERE / "models" / "vit-s16-landsat.json"
 VIT_S16_WEIGHTS = DATA / "models" / "vit-s16-landsat.safetensors"
+# The benchmark models by short name: the built-in demo's name, else a card of models/.
+MODELS = {
+    "demo": "stacembed-demo-landsat",
+    "resnet18": str(RESNET18_CARD),
+    "vit-s16": str(VIT_S16_CARD),  # 224 px chips
+    "prithvi-tiny": str(HERE / "models" / "prithvi-tiny-landsat.json"),  # 224 px, TorchScript (run.py: --skip-naive)
+}
 PRITHVI_TINY_CARD = HERE / "models" / "prithvi-tiny-landsat.json"
 PRITHVI_TINY_ARTIFACT = DATA / "models" / "prithvi-tiny-landsat.pt"
 # TerraTorch's prithvi_eo_tiny (terratorch/models/backbones/prithvi_vit.py ``prithvi_cfgs``), one frame.

@@ -44,12 +44,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_data  # noqa: E402
 
-MODELS = {
-    "demo": "stacembed-demo-landsat",
-    "resnet18": str(HERE / "models" / "resnet18-landsat.json"),
-    "vit-s16": str(HERE / "models" / "vit-s16-landsat.json"),
-    "prithvi-tiny": str(HERE / "models" / "prithvi-tiny-landsat.json"),
-}
+MODELS = bench_data.MODELS
 BUILD = {"resnet18": bench_data.build_resnet18_weights, "vit-s16": bench_data.build_vit_s16_weights,
          "prithvi-tiny": bench_data.build_prithvi_tiny_artifact}
 # Item sides: ViT-S/16 625 chips of 224 px (~30 s on 2 cores), the tiny Prithvi 2,500 chips,

@@ -43,12 +43,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_data  # noqa: E402
 
-MODELS = {
-    "demo": "stacembed-demo-landsat",
-    "resnet18": str(HERE / "models" / "resnet18-landsat.json"),
-    "vit-s16": str(HERE / "models" / "vit-s16-landsat.json"),  # 224 px chips
-    "prithvi-tiny": str(HERE / "models" / "prithvi-tiny-landsat.json"),  # 224 px, TorchScript: --skip-naive
-}
+MODELS = bench_data.MODELS
 # The seeded artifacts each benchmark model's card points at (built once, into .data/models/).
 ARTIFACTS = {"resnet18": bench_data.build_resnet18_weights, "vit-s16": bench_data.build_vit_s16_weights,
              "prithvi-tiny": bench_data.build_prithvi_tiny_artifact}
