@@ -9,9 +9,11 @@ and east. A static STAC 1.1 catalog (catalog.json -> collection.json -> one item
 with the sample's metadata (``proj:code``, ``proj:shape``, ``proj:transform``, ``bands`` with
 ``eo:common_name``).
 
-Model: ``models/resnet18-landsat.json`` (in this directory) points at
-``.data/models/resnet18-landsat.safetensors``: timm resnet18, 6 bands, seeded random weights,
-made here.
+Models (cards in ``models/``, artifacts made here, seeded, into ``.data/models/``):
+``resnet18-landsat.json`` -> ``resnet18-landsat.safetensors`` (timm resnet18, 6 bands, 64 px);
+``vit-s16-landsat.json`` -> ``vit-s16-landsat.safetensors`` (timm vit_small_patch16_224, 6 bands,
+224 px); ``prithvi-tiny-landsat.json`` -> ``prithvi-tiny-landsat.pt`` (stacembed's PrithviViT at
+TerraTorch's ``prithvi_eo_tiny`` size, traced to TorchScript, 6 bands, 224 px).
 
 Everything is built into a temporary directory and renamed into place, with a ``built.json``
 marker recording the parameters; a directory whose marker does not match is rebuilt.
@@ -44,6 +46,19 @@ SAMPLE = ROOT / "catalogs" / "sample"
 DATA = HERE / ".data"
 RESNET18_CARD = HERE / "models" / "resnet18-landsat.json"
 RESNET18_WEIGHTS = DATA / "models" / "resnet18-landsat.safetensors"
+VIT_S16_CARD = HERE / "models" / "vit-s16-landsat.json"
+VIT_S16_WEIGHTS = DATA / "models" / "vit-s16-landsat.safetensors"
+# The benchmark models by short name: the built-in demo's name, else a card of models/.
+MODELS = {
+    "demo": "stacembed-demo-landsat",
+    "resnet18": str(RESNET18_CARD),
+    "vit-s16": str(VIT_S16_CARD),  # 224 px chips
+    "prithvi-tiny": str(HERE / "models" / "prithvi-tiny-landsat.json"),  # 224 px, TorchScript (run.py: --skip-naive)
+}
+PRITHVI_TINY_CARD = HERE / "models" / "prithvi-tiny-landsat.json"
+PRITHVI_TINY_ARTIFACT = DATA / "models" / "prithvi-tiny-landsat.pt"
+# TerraTorch's prithvi_eo_tiny (terratorch/models/backbones/prithvi_vit.py ``prithvi_cfgs``), one frame.
+PRITHVI_TINY = dict(patch_size=(1, 16, 16), num_frames=1, embed_dim=256, depth=4, num_heads=4, mlp_ratio=4.0)
 
 BUILDER_VERSION = 1  # bump when the output of this file changes
 COLLECTION = "landsat-etm-bench"
@@ -227,29 +242,69 @@ def _write_catalog(root: Path, side: int) -> None:
     catalog.save(pystac.CatalogType.SELF_CONTAINED)
 
 
-def build_resnet18_weights(log=print) -> Path:
-    """Seeded random weights for ``models/resnet18-landsat.json`` (cached)."""
-    if RESNET18_WEIGHTS.is_file():
-        return RESNET18_WEIGHTS
+def build_timm_weights(card_path: Path, weights: Path, log=print) -> Path:
+    """Seeded random weights (seed 0) of the timm model of ``card_path``, as safetensors (cached)."""
+    if weights.is_file():
+        return weights
     import timm
     import torch
     from safetensors.torch import save_file
 
-    card = json.loads(RESNET18_CARD.read_text())
-    props = card["properties"]
+    props = json.loads(card_path.read_text())["properties"]
     bands = props["mlm:input"][0]["bands"]
-    log(f"data: writing seeded random {props['mlm:architecture']} weights to {RESNET18_WEIGHTS}")
+    size = props["mlm:input"][0]["input"]["shape"][-1]
+    log(f"data: writing seeded random {props['mlm:architecture']} weights to {weights}")
+    options = {"pretrained": False, "in_chans": len(bands), "num_classes": 0}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = timm.create_model(props["mlm:architecture"], pretrained=False, in_chans=len(bands), num_classes=0)
-    RESNET18_WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESNET18_WEIGHTS.with_name(f".{RESNET18_WEIGHTS.name}.{os.getpid()}.part")
+        try:  # as stacembed builds it: transformers for the card's chip size
+            model = timm.create_model(props["mlm:architecture"], img_size=size, **options)
+        except TypeError:
+            model = timm.create_model(props["mlm:architecture"], **options)
+    _write_atomically(weights, lambda tmp: save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                                                     str(tmp)))
+    return weights
+
+
+def build_resnet18_weights(log=print) -> Path:
+    """Seeded random weights for ``models/resnet18-landsat.json`` (cached)."""
+    return build_timm_weights(RESNET18_CARD, RESNET18_WEIGHTS, log)
+
+
+def build_vit_s16_weights(log=print) -> Path:
+    """Seeded random weights for ``models/vit-s16-landsat.json`` (cached)."""
+    return build_timm_weights(VIT_S16_CARD, VIT_S16_WEIGHTS, log)
+
+
+def build_prithvi_tiny_artifact(log=print) -> Path:
+    """``models/prithvi-tiny-landsat.json``'s TorchScript artifact (cached): stacembed's PrithviViT
+    at TerraTorch's ``prithvi_eo_tiny`` size, seeded random weights, traced on the card's chip shape."""
+    if PRITHVI_TINY_ARTIFACT.is_file():
+        return PRITHVI_TINY_ARTIFACT
+    import torch
+
+    from stacembed.models.backbones.prithvi import PrithviViT
+
+    props = json.loads(PRITHVI_TINY_CARD.read_text())["properties"]
+    shape = props["mlm:input"][0]["input"]["shape"]
+    log(f"data: tracing a seeded random Prithvi-EO tiny to {PRITHVI_TINY_ARTIFACT}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = PrithviViT(img_size=shape[-1], in_chans=shape[1], **PRITHVI_TINY).eval()
+    with torch.inference_mode(False), torch.no_grad():
+        traced = torch.jit.trace(model, torch.zeros(2, *shape[1:]), check_trace=False)
+    _write_atomically(PRITHVI_TINY_ARTIFACT, lambda tmp: torch.jit.save(traced, str(tmp)))
+    return PRITHVI_TINY_ARTIFACT
+
+
+def _write_atomically(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        tmp.rename(RESNET18_WEIGHTS)
+        write(tmp)
+        tmp.rename(path)
     finally:
         tmp.unlink(missing_ok=True)
-    return RESNET18_WEIGHTS
 
 
 def main() -> None:
@@ -260,6 +315,8 @@ def main() -> None:
     for factor in (float(f) for f in args.size_factors.split(",")):
         print(build_catalog(side_for(args.base_size, factor)))
     print(build_resnet18_weights())
+    print(build_vit_s16_weights())
+    print(build_prithvi_tiny_artifact())
 
 
 if __name__ == "__main__":

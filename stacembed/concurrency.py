@@ -21,23 +21,26 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, ahead: int = 1) -> Iterator[R]:
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 1, ahead: int = 1,
+                pool: bool = False) -> Iterator[R]:
     """``fn(item)`` for each item, computed by ``workers`` threads, yielded in order.
 
     ``items`` is iterated here, in the caller's thread (so a reader there overlaps with the
     workers); at most ``workers + ahead`` items are submitted and not yet yielded, so the
     workers find ``ahead`` items queued while the caller is busy elsewhere. An exception
     from ``fn`` is raised here, at its item's turn; work not yet started is cancelled.
-    With one worker, everything runs in line.
+    With one worker, everything runs in line, unless ``pool``: then one thread works while
+    the caller reads the next items.
     """
-    if workers <= 1:
+    if workers <= 1 and not pool:
         yield from map(fn, items)
         return
     pending: collections.deque[Future] = collections.deque()
-    with ThreadPoolExecutor(workers, thread_name_prefix="stacembed-stream") as pool:
+    workers = max(1, workers)
+    with ThreadPoolExecutor(workers, thread_name_prefix="stacembed-stream") as executor:
         try:
             for item in items:
-                pending.append(pool.submit(fn, item))
+                pending.append(executor.submit(fn, item))
                 if len(pending) >= workers + max(1, ahead):
                     yield pending.popleft().result()
             while pending:

@@ -5,7 +5,9 @@ without data enter the model as 0 *after* value scaling, i.e. the training mean 
 scaling, so that they pull the embedding as little as possible.
 
 Batches arrive from ``feed``. On the CPU, several batches go through the model at once, one
-per thread (``--streams``, ``default_streams``). On CUDA, inputs go through pinned memory
+per thread (``--streams``, ``default_streams``); how many, with how many torch threads each and
+how many chips per pass, is measured on a model's first run and cached (``calibration``),
+unless ``--streams`` or ``--threads`` says. On CUDA, inputs go through pinned memory
 with non-blocking copies, and ``--precision bf16|fp16`` runs the forward pass under autocast.
 CNNs run ``channels_last`` where that measured faster (``prefers_channels_last``).
 """
@@ -21,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .calibration import Calibrator, Choice, Tuning, halve_last_full
+from .concurrency import ordered_map
 from .config import PRECISIONS
 from .errors import ConfigError, ModelError
 from .models import ModelCard, create_backbone
@@ -50,6 +54,7 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 MAX_STREAMS = 4
+DEFAULT_BATCH_SIZE = 16  # chips per forward pass on the CPU when neither --batch-size nor a calibration says
 
 
 def default_streams(device: torch.device, threads: int | None = None, compile: bool = False) -> int:
@@ -122,6 +127,12 @@ class Embedder:
             raise ConfigError("--streams above 1 runs forward passes side by side on the CPU; "
                               f"use 1 with {'--compile' if compile else f'device {device.type}'}")
         self.streams = streams
+        self.batch: int | None = None  # chips per forward pass, when less than a batch of the feed
+        self.preferred_batch: int | None = None  # the feed's batch size a cached calibration chose
+        self.pooled = False  # run even one stream in a thread of its own, reads overlapping it (calibrated runs)
+        self.split_tail = False  # halve an item's last full batch (``calibration.halve_last_full``; verified)
+        self.calibrator: Calibrator | None = None  # measuring the CPU configuration on the first batches
+        self.tuning: Tuning | None = None  # how the CPU configuration was decided
         self.first_output_at: float | None = None  # perf_counter() when the first batch came out
         self.card = card
         self.device = device
@@ -211,11 +222,12 @@ class Embedder:
         with torch.inference_mode(), autocast:
             return self.model(self.preprocess(pixels), **extra)
 
-    def auto_batch_size(self, default: int = 16, limit: int = 1024) -> int:
+    def auto_batch_size(self, default: int | None = None, limit: int = 1024) -> int:
         """Chips per batch for this device: on CUDA, what half the free memory holds (measured
-        with a forward pass of 4 chips of the run's own shape, time steps included); else ``default``."""
+        with a forward pass of 4 chips of the run's own shape, time steps included); else what a
+        cached calibration chose, else ``default``."""
         if self.device.type != "cuda":
-            return default
+            return self.preferred_batch or default or DEFAULT_BATCH_SIZE
         probe = np.zeros((4, *self.input_shape), "float32")
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
@@ -228,14 +240,39 @@ class Embedder:
         """Embed a batch of chips ``(n, band, [time,] height, width)`` of measurements (NaN = no data).
 
         ``context`` holds the extra inputs the model declares (``context_inputs``), per chip.
+        With ``batch`` set below ``n``, the chips go through the model ``batch`` at a time (as a
+        run with that ``--batch-size`` would pass them: feed batches are multiples of it).
         """
-        out = self._forward(pixels, context)
-        if tuple(out.shape[1:]) != self.output_shape:
-            raise ModelError(f"model {self.card.name} returned {tuple(out.shape)}, expected (n, {self.output_shape})")
-        embeddings = out.float().contiguous().cpu().numpy()
+        step = self.batch if self.batch and self.batch < len(pixels) else len(pixels)
+        parts = []
+        for first in range(0, len(pixels), max(1, step)):
+            part = {k: v[first:first + step] for k, v in context.items()} if context else context
+            out = self._forward(pixels[first:first + step], part)
+            if tuple(out.shape[1:]) != self.output_shape:
+                raise ModelError(f"model {self.card.name} returned {tuple(out.shape)}, "
+                                 f"expected (n, {self.output_shape})")
+            parts.append(out.float().contiguous().cpu().numpy())
+        embeddings = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if self.first_output_at is None:
             self.first_output_at = time.perf_counter()
         return embeddings
+
+    def apply(self, choice: Choice) -> None:
+        """Put a CPU configuration in place: ``choice.streams`` passes at once, of
+        ``choice.threads`` torch threads and ``choice.batch`` chips each. Call it between
+        batches, with no forward pass running."""
+        torch.set_num_threads(choice.threads)
+        self.streams = choice.streams
+        self.batch = choice.batch
+
+    def map(self, embed, batches, ahead: int = 1):
+        """``embed(batch)`` of each batch, in order, ``streams`` at a time (``concurrency.ordered_map``),
+        the CPU configuration measured first when the run calibrates (``calibration.Calibrator``)."""
+        if self.calibrator is not None:
+            return self.calibrator.run(embed, batches, ahead)
+        if self.split_tail and self.streams > 1 and self.batch:
+            batches = halve_last_full(batches, self.batch)
+        return ordered_map(embed, batches, self.streams, ahead, pool=self.pooled)
 
 
 def prefers_channels_last(model: nn.Module, device: torch.device) -> bool:
@@ -254,3 +291,14 @@ def prefers_channels_last(model: nn.Module, device: torch.device) -> bool:
     if device.type == "cpu":
         return convolutional and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     return False
+
+
+def tune(embedder: Embedder, weights: Path | None, *, fixed: bool, reader_threads: int = 1,
+         batch_size: int | None = None) -> Tuning | None:
+    """Find ``embedder``'s CPU configuration: ``fixed`` by the caller, cached from an earlier
+    run, or measured on this run's first batches (``calibration.setup``)."""
+    from . import calibration
+
+    cores = max(1, usable_cores() - (reader_threads if reader_threads > 1 else 0))
+    return calibration.setup(embedder, weights, cores=cores, batch_request=batch_size, fixed=fixed,
+                             max_streams=MAX_STREAMS, default_batch=DEFAULT_BATCH_SIZE)

@@ -31,9 +31,8 @@ from tqdm import tqdm
 from .bands import match_bands
 from .catalog import Provenance, output_item
 from .chips import ChipBatch, ChipGrid, check_patch_tiling, chip_bytes
-from .concurrency import ordered_map
 from .config import RunConfig
-from .embed import Embedder, configure_threads, default_prefetch, default_streams, select_device
+from .embed import Embedder, configure_threads, default_prefetch, default_streams, select_device, tune
 from .errors import BandError, ResolveError
 from .feed import FeedSpec, feed
 from .grid import Grid, bands_at_resolution, native_grid, target_grid
@@ -271,12 +270,14 @@ class Inputs:
         weights = resolve_weights(self.card, config.weights, offline=config.offline)
         target = select_device(device or config.device)
         threads = threads or config.threads
+        given = bool(threads or streams or config.streams or config.compile)  # else measured: ``calibration``
         streams = streams or config.streams or default_streams(target, threads, config.compile)
         configure_threads(threads, config.reader_threads, streams)
         embedder = Embedder.from_card(
             self.card, weights, target, pooling=config.pooling, layer=config.layer, chip_size=self.chip_size,
             time_steps=config.time_steps, precision=config.precision, compile=config.compile, streams=streams,
         )
+        tune(embedder, weights, fixed=given, reader_threads=config.reader_threads, batch_size=config.batch_size)
         return embedder, weights
 
 
@@ -368,7 +369,7 @@ def embedded_batches(run: Run, plan: ItemPlan, embedder: Embedder,
 
     spec = run.inputs.feed_spec(plan, run.batch_size, rows)
     with closing(feed(spec, depth)) as batches:
-        yield from ordered_map(embed, batches, embedder.streams, ahead=spec.ahead)
+        yield from embedder.map(embed, batches, ahead=spec.ahead)
 
 
 def write_item(run: Run, plan: ItemPlan, batches: Iterable[tuple[ChipBatch, np.ndarray]],

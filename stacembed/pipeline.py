@@ -15,6 +15,7 @@ duplicates one. The catalog is written last.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ class RunSummary:
     published: int = 0
     streams: int = 1  # forward passes that ran at once (``--streams``)
     first_batch_seconds: float | None = None  # from the call of ``run`` to the first embedded batch, in this process
+    startup_seconds: float | None = None  # from this process's start to the call of ``run`` (Linux): imports
+    threads: int | None = None  # torch threads per forward pass (CPU)
+    batch_size: int | None = None  # chips per forward pass
+    cpu_configuration: str | None = None  # how they were decided: given, default, cached, calibrated (``Tuning``)
 
     def record(self, item_id: str, chips: int | None) -> None:
         """Count an item as embedded (``chips``) or as found finished already (None)."""
@@ -98,6 +103,7 @@ def run(config: RunConfig, *, check: Callable[[Run], None] | None = None) -> Run
     is read, and may refuse it: what comes after the run (``run --head``) fails early.
     """
     started = time.perf_counter()
+    startup = _process_age()
     inputs = Inputs.resolve(config)
     _check_inputs_survive(inputs)
     with exclusive(config.out), executor_for(config) as executor:
@@ -108,9 +114,13 @@ def run(config: RunConfig, *, check: Callable[[Run], None] | None = None) -> Run
         if not executor.embeds_here:
             embedder = None  # it only checked the run: free it before the workers build theirs
         summary = _embed(frozen, executor, embedder)
+    summary.startup_seconds = startup
+    if embedder is not None:
+        _record_tuning(summary, embedder, frozen.batch_size)
     if embedder is not None and embedder.first_output_at is not None:
         summary.first_batch_seconds = embedder.first_output_at - started
-        log.info("first batch embedded %.2f s after the run started", summary.first_batch_seconds)
+        log.info("first batch embedded %.2f s after the run started%s", summary.first_batch_seconds,
+                 f" ({startup + summary.first_batch_seconds:.2f} s after the process started)" if startup else "")
     if config.publish:
         from .publish import publish_catalog
 
@@ -157,6 +167,34 @@ def finish_catalog(run: Run) -> Path:
             properties=quicklooks.collection_properties(),
         )
     return write_root_catalog(run.config.out)
+
+
+def _record_tuning(summary: RunSummary, embedder: Embedder, batch_size: int) -> None:
+    """The CPU configuration the run ended with, and how it was decided, into ``summary`` and the
+    log; elsewhere than on the CPU, only the batch size (``batch_size``, the run's)."""
+    from .calibration import tuning_of
+
+    tuning = tuning_of(embedder)
+    if embedder.device.type != "cpu" or tuning is None:
+        summary.batch_size = batch_size
+        return
+    measured = tuning.source in ("calibrated", "cached")  # a forward batch may be part of the feed's
+    summary.streams, summary.threads = tuning.choice.streams, tuning.choice.threads
+    summary.batch_size = tuning.choice.batch if measured else batch_size
+    summary.cpu_configuration = tuning.source
+    log.info("CPU configuration: %s", tuning.describe())
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``), else None."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            now = float(uptime.read().split()[0])
+        return max(0.0, now - started_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def _check_inputs_survive(inputs: Inputs) -> None:

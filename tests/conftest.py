@@ -177,6 +177,20 @@ def cli():
     return invoke
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache(tmp_path_factory):
+    """The suite's own ``STACEMBED_CACHE``, never the user's, and no CPU calibration.
+
+    A calibrated run writes the same bytes as an uncalibrated one (``stacembed.calibration``), but
+    it races configurations on the first run of every model, which would slow the suite and make
+    its timing depend on the machine; tests/test_calibration.py turns it on for itself.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STACEMBED_CACHE", str(tmp_path_factory.mktemp("stacembed-cache")))
+        patch.setenv("STACEMBED_CALIBRATE", "0")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _torch_float32_precision_kept():
     """Keep one test's library imports from changing the arithmetic of the next ones.

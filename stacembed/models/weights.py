@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import warnings
 import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -199,7 +200,9 @@ def load_artifact(path: Path, declared: str | None = None) -> nn.Module | None:
     kind = artifact_kind(path, declared)
     try:
         if kind == "torchscript":
-            return torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # TorchScript is deprecated for new models, not for ones users have
+                warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", FutureWarning)
+                return torch.jit.load(str(path), map_location="cpu")
         if kind == "export":
             from .backbones.datacube import dict_argument_keys
 
