@@ -283,7 +283,7 @@ def export_neuco(
     facts = _facts(items)
     if dim is not None and facts.dimensions is not None and dim < facts.dimensions:
         raise ConfigError(_truncating(facts.dimensions, dim))
-    if mode == "sample" and key not in (*SAMPLE_IDS, "id"):
+    if mode == "sample" and key not in (*SAMPLE_IDS, "id") and _item_sample(items[0], key) is None:
         _check_column(items, key)
     path = _output_path(out_csv)
     for hold_all in (False, True):
@@ -299,10 +299,23 @@ def export_neuco(
 
 def _default_sample(items: Sequence[EmbeddingItem]) -> str:
     """What names a sample when none is asked: the cube sample (``resolve.cubes.SAMPLE``, so that a
-    sample's seasons pool into its one row) when the chips carry it, else the source item."""
+    sample's seasons pool into its one row) when the items or their chips carry it, else the
+    source item."""
     from .resolve.cubes import SAMPLE
 
-    return SAMPLE if items and SAMPLE in items[0].chips_schema().names else "source_item"
+    if items and (SAMPLE in items[0].stac_item.properties or SAMPLE in items[0].chips_schema().names):
+        return SAMPLE
+    return "source_item"
+
+
+def _item_sample(item: EmbeddingItem, key: str) -> str | None:
+    """The sample every chip of ``item`` belongs to when ``key`` names the item (``"item"``) or one of
+    its properties (a cube's ``stacembed:sample``: GeoTIFF-only embeddings have no such column), else
+    None: the chips name their samples."""
+    if key == "item":
+        return item.id
+    value = item.stac_item.properties.get(key)
+    return None if value is None else str(value)
 
 
 def _truncating(found: int, dim: int) -> str:
@@ -345,11 +358,12 @@ class _Neuco:
     def write(self, path: Path) -> tuple[int, int, int | None, int]:
         """Write the CSV at ``path``: (rows, values per row, the embeddings' size, NaN written as 0)."""
         with open(path, "wb") as self.file:
-            columns = ["id"] if self.mode == "chip" or self.key in ("item", "id") else ["id", self.key]
             for index, item in enumerate(self.items):
+                sample = None if self.mode == "chip" else _item_sample(item, self.key)
+                columns = ["id"] if self.mode == "chip" or sample is not None or self.key == "id" else ["id", self.key]
                 for batch, vectors in item.iter_chips(self.batch_rows, columns=columns):
                     self.dims = _checked(vectors, self.dims, item)
-                    self._take(index, item, batch, vectors)
+                    self._take(index, sample, batch, vectors)
                 if self.mode == "sample" and not self.hold_all:
                     self._finish([s for s, sample in self.open.items() if self.key == "item" or sample.last < index])
             self._finish(list(self.open))
@@ -366,15 +380,17 @@ class _Neuco:
             return self.dim
         return self.dims or 0
 
-    def _take(self, index: int, item: EmbeddingItem, batch: pa.RecordBatch, vectors: np.ndarray) -> None:
+    def _take(self, index: int, sample: str | None, batch: pa.RecordBatch, vectors: np.ndarray) -> None:
+        """Add the chips of item ``index`` to their samples: ``sample`` for all, else each chip's column."""
         if self.mode == "chip":
             self._add(batch.column("id").to_pylist(), vectors)
             return
-        if self.key == "item":
-            names = np.full(len(vectors), item.id, dtype=object)
+        if sample is not None:
+            names = np.full(len(vectors), sample, dtype=object)
         else:
             column = batch.column(self.key)
             if column.null_count:
+                item = self.items[index]
                 raise ReadError(f"item {item.id!r} has chips without a {self.key!r}: they belong to no sample")
             names = np.asarray(pc.cast(column, pa.string()).to_pylist(), dtype=object)
         unique, inverse = np.unique(names, return_inverse=True)

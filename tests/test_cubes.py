@@ -230,9 +230,11 @@ def test_challenge_folder_each_sample_season_equals_a_forward_pass(challenge, ca
         assert tuple(ds.transform)[:6] == (10.0 * CHIP, 0.0, west, 0.0, -10.0 * CHIP, north)
 
 
-def test_neuco_csv_one_row_per_sample_the_mean_of_its_seasons(challenge, cards, tmp_path):
+@pytest.mark.parametrize("fmt", ["geoparquet", "geotiff"])
+def test_neuco_csv_one_row_per_sample_the_mean_of_its_seasons(challenge, cards, tmp_path, fmt):
+    # GeoTIFF-only embeddings have no sample column: the items' stacembed:sample names them.
     out = tmp_path / "out"
-    run(options(challenge, cards["s2"], out, collections=("s2l2a",)))
+    run(options(challenge, cards["s2"], out, collections=("s2l2a",), formats=(fmt,)))
     csv_path = tmp_path / "submission.csv"
     assert {path: errors for path, errors in validate_tree(out).items() if errors} == {}
     result = export_neuco(out, csv_path)
