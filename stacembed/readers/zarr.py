@@ -205,7 +205,7 @@ def describe(href: str, fmt: str, variable: str | None, proj: str | None = None)
 
 @functools.lru_cache(maxsize=512)
 def _describe(href: str, fmt: str, variable: str | None, proj: str | None) -> Layout:
-    with _store_errors(href):
+    with store_errors(href):
         with _open_variable(href, fmt, variable) as view:
             return view.layout(json.loads(proj) if proj else {})
 
@@ -225,8 +225,8 @@ def level_at(href: str, fmt: str, variable: str | None, proj: str | None, resolu
     if fmt != "zarr" or _close(layout.resolution, (resolution, resolution)):
         return None
     parent = posixpath.dirname(layout.group)
-    with _store_errors(href):
-        root = _zarr_root(layout.store)
+    with store_errors(href):
+        root = zarr_root(layout.store)
         for sibling in _child_groups(root, parent):
             path = posixpath.join(sibling, layout.name)
             if sibling == layout.group or not _is_array(root, path):
@@ -245,12 +245,12 @@ def list_variables(href: str, fmt: str) -> list[str]:
     """The variables of at least two dimensions under the asset's href (paths relative to it),
     for matching bands by name when STAC names none. Several levels of one variable in sibling
     groups (a multiscale store) count once: the finest (largest) one."""
-    with _store_errors(href):
+    with store_errors(href):
         if fmt == "netcdf":
             with _netcdf(href, "") as ds:
                 return [str(name) for name, var in ds.data_vars.items() if var.ndim >= 2]
         root_href, inner = split_store(href)
-        root = _zarr_root(root_href)
+        root = zarr_root(root_href)
         node = root[inner] if inner else root
         if _is_array_node(node):
             return []
@@ -299,7 +299,7 @@ def split_store(href: str) -> tuple[str, str]:
     return str(root), "" if inner == "." else inner
 
 
-def _zarr_root(root: str):
+def zarr_root(root: str):
     """The store's root group, opened once per process and remote settings (consolidated metadata
     when there is some): a later run in this process with other credentials, ``--aws-unsigned`` or
     another endpoint opens it again rather than reusing a filesystem made for the first."""
@@ -308,7 +308,7 @@ def _zarr_root(root: str):
 
 @functools.lru_cache(maxsize=16)
 def _open_root(root: str, settings: str):
-    """``_zarr_root``'s cache, keyed by the store and ``settings``: the repr of its
+    """``zarr_root``'s cache, keyed by the store and ``settings``: the repr of its
     ``storage_options`` (a dict, which the cache cannot hash), as the caller has just found them."""
     zarr = _need("zarr", "Zarr")
     if root.lower().endswith(ZIPPED):
@@ -435,7 +435,7 @@ def _netcdf(href: str, group: str):
 
 
 @contextmanager
-def _store_errors(href: str) -> Iterator[None]:
+def store_errors(href: str) -> Iterator[None]:
     """What opening or reading a store raises (missing paths, HTTP errors, corrupt chunks) as one
     ``ReadError`` line naming the store (redacted); stacembed's own errors pass through."""
     try:
@@ -693,7 +693,7 @@ def _open_variable(href: str, fmt: str, variable: str | None) -> Iterator[_View]
             yield view
         return
     root_href, inner = split_store(href)
-    root = _zarr_root(root_href)
+    root = zarr_root(root_href)
     yield _ZarrView(root_href, root, _zarr_path(root, inner, variable, href), selection)
 
 
@@ -1077,7 +1077,7 @@ class _Handle:
             self.closers.append(lambda: context.__exit__(None, None, None))
             view: _View = _NetCDFView(band.href, ds, layout.group, layout.name)
         else:
-            view = _ZarrView(layout.store, _zarr_root(layout.store), layout.path, shared=bool(layout.index))
+            view = _ZarrView(layout.store, zarr_root(layout.store), layout.path, shared=bool(layout.index))
         self.view = view
         y_axis, x_axis = layout.axes
         stored = (view.shape[y_axis], view.shape[x_axis])
@@ -1094,7 +1094,7 @@ class _Handle:
         key: list[Any] = list(self.layout.index) or [0] * self.layout.ndim
         first, second = sorted((y_axis, x_axis))
         key[first], key[second] = slice(a0, a1), slice(b0, b1)
-        with _store_errors(self.band.href):
+        with store_errors(self.band.href):
             return self.view.fetch(tuple(key))
 
     def raw(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
@@ -1260,7 +1260,7 @@ class ArrayReader:
                 self.handles.append(handles)
                 for band, band_grid in zip(bands, band_grids, strict=True):
                     layout = describe(band.href, band.format or "zarr", band.variable, band.proj)
-                    with _store_errors(band.href):
+                    with store_errors(band.href):
                         handles.append(_Handle(band, layout, band_grid))
         except BaseException:
             self.close()

@@ -144,10 +144,10 @@ def cube_items(href: str, collections: tuple[str, ...] = (), *, shift_s2: bool =
 
 
 def _file_items(path: Path, collection: str, shift_s2: bool) -> list[pystac.Item]:
-    from ..readers.zarr import _store_errors, _zarr_root
+    from ..readers.zarr import store_errors, zarr_root
 
-    with _store_errors(str(path)):
-        root = _zarr_root(str(path))
+    with store_errors(str(path)):
+        root = zarr_root(str(path))
         cube = _Cube(path, root)
         return [cube.item(s, t, collection, shift_s2) for s in range(cube.samples) for t in range(cube.seasons)]
 
