@@ -171,7 +171,16 @@ def raster_errors(href: str, doing: str = "read raster") -> Iterator[None]:
     try:
         yield
     except RASTER_ERRORS as exc:
-        raise ReadError(f"cannot {doing} {redact_text(href)}: {gdal_reason(exc)}") from exc
+        reason = gdal_reason(exc)
+        raise ReadError(f"cannot {doing} {redact_text(href)}: {reason}{_denied_hint(href, reason)}") from exc
+
+
+def _denied_hint(href: str, reason: str) -> str:
+    """What to try when object storage said no (GDAL's bare "HTTP response code: 403")."""
+    if not href.startswith(("s3://", "/vsis3/")) or "403" not in reason:
+        return ""
+    return (" (access denied: a private bucket needs credentials from the environment or an AWS profile, "
+            "without --aws-unsigned; a public one, --aws-unsigned)")
 
 
 def gdal_reason(exc: BaseException) -> str:
