@@ -13,10 +13,11 @@ GeoZarr attributes, 1-D coordinates, else the STAC asset's ``proj:*``). A multis
 ``r10m``/``r20m``/``r60m``) is read at the level of the resolution a run asks for
 (``bands_at_resolution``), as the producer made it, rather than resampled.
 
-Unplaced grids. A store whose georeferencing cannot be inferred (``readers.zarr``) is read on
-its pixel grid: ``Grid.unplaced`` has no CRS (``crs`` None, ``placed`` False) and GDAL's default
-geotransform, the identity, so that coordinates are pixel/line numbers of the source (x = column,
-y = row, growing down, as ``gdalinfo`` shows a raster without georeferencing). Everything derived
+Unplaced grids. A store whose georeferencing cannot be inferred (``readers.zarr``), or a raster
+without a CRS in its header (``read_header``), is read on its pixel grid: ``Grid.unplaced`` has
+no CRS (``crs`` None, ``placed`` False) and GDAL's default geotransform, the identity, so that
+coordinates are pixel/line numbers of the source (x = column, y = row, growing down, as
+``gdalinfo`` shows a raster without georeferencing); ``say_unplaced`` warns once per source. Everything derived
 from such a grid stays in those coordinates and says it has no CRS: chip footprints, the
 embeddings COG (a transform to source pixels, no CRS), GeoParquet geometry (``"crs": null``),
 STAC items (no geometry); the one test of whether an output can go on a map is ``Grid.placed``.
@@ -25,6 +26,8 @@ STAC items (no geometry); the one test of whether an output can go on a map is `
 from __future__ import annotations
 
 import functools
+import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -49,6 +52,7 @@ try:  # GDAL's own errors (CPLE_*), which rasterio raises, or chains under a Ras
 except ImportError:  # pragma: no cover - a rasterio that moved them
     CPLE_BaseError = rasterio.errors.RasterioError
 
+log = logging.getLogger("stacembed")
 RASTER_ERRORS = (rasterio.errors.RasterioError, CPLE_BaseError)
 
 
@@ -156,12 +160,37 @@ def read_grid(href: str) -> Grid:
 
 @functools.lru_cache(maxsize=256)
 def read_header(href: str) -> tuple[Grid, int]:
-    """(grid, band count) of a raster file, opened once per href and remembered."""
-    with raster_errors(href):
-        with rasterio.open(href) as ds:
-            if ds.crs is None:
-                raise ReadError(f"{redact_text(href)} has no CRS in its header; it cannot be placed on a map")
-            return Grid(ds.crs, ds.transform, ds.width, ds.height), ds.count
+    """(grid, band count) of a raster file, opened once per href and remembered. A raster without
+    a CRS is read on its pixel grid (``Grid.unplaced``; its geotransform, if any, says nothing of
+    where it is without one), as a store without georeferencing is."""
+    with raster_errors(href), unreferenced_quiet(), rasterio.open(href) as ds:
+        if ds.crs is None:
+            found = "a geotransform but no CRS" if ds.transform != Affine.identity() else "no georeferencing"
+            say_unplaced(href, found, "give the file a CRS and a geotransform, e.g. gdal_edit.py -a_srs -a_ullr")
+            return Grid.unplaced(ds.width, ds.height), ds.count
+        return Grid(ds.crs, ds.transform, ds.width, ds.height), ds.count
+
+
+@contextmanager
+def unreferenced_quiet() -> Iterator[None]:
+    """Open rasters without georeferencing without rasterio's ``NotGeoreferencedWarning``:
+    ``say_unplaced`` says it once, in the log, where the run's messages go."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        yield
+
+
+_UNPLACED: set[str] = set()
+
+
+def say_unplaced(source: str, found: str, hint: str) -> None:
+    """One warning per source (per process) that it is read on its pixel grid, what was found of
+    its georeferencing and how to place it."""
+    if source in _UNPLACED:
+        return
+    _UNPLACED.add(source)
+    log.warning("%s has %s stacembed can read: it is read on its pixel grid, and its outputs are in pixel "
+                "coordinates without a CRS (%s)", redact_text(source), found, hint)
 
 
 @contextmanager

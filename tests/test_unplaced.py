@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -358,3 +359,30 @@ def test_bands_with_and_without_georeferencing_do_not_mix(tmp_path, pixels):
                                                                      "type": "application/vnd+zarr"})))[0]
     with pytest.raises(BandError, match="have no georeferencing and bands red, nir have"):
         native_grid(item, match_bands(item, list(BANDS)))
+
+
+@pytest.mark.parametrize("transform", [None, Affine(30.0, 0, 500000.0, 0, -30.0, 9100000.0)],
+                         ids=["no-geotransform", "geotransform-without-crs"])
+def test_a_geotiff_without_a_crs_is_read_on_its_pixel_grid(unplaced_run, cli, tmp_path, pixels, transform):
+    # As a store without georeferencing: a geotransform says nothing of where without a CRS.
+    _, zarr_out, _ = unplaced_run
+    tif = tmp_path / "plain.tif"
+    profile = {"driver": "GTiff", "width": WIDTH, "height": HEIGHT, "count": len(BANDS), "dtype": "float32"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(tif, "w", **profile, **({"transform": transform} if transform else {})) as dst:
+            dst.write(np.stack([pixels[name] for name in BANDS]))
+    asset = {"href": str(tif), "type": "image/tiff; application=geotiff",
+             "eo:bands": [{"name": name} for name in BANDS]}
+    items = item_file(tmp_path / "plain.json", "plain", asset)
+    with warnings_logged() as warned:
+        result = run(cli, items, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    found = "a geotransform but no CRS" if transform else "no georeferencing"
+    assert len(warned) == 1 and f"plain.tif has {found}" in warned[0] and "gdal_edit.py" in warned[0], warned
+    a = gpd.read_parquet(next((tmp_path / "out").glob("*/plain/plain.parquet"))).sort_values(["chip_row", "chip_col"])
+    b = gpd.read_parquet(next(zarr_out.glob("*/plain/plain.parquet"))).sort_values(["chip_row", "chip_col"])
+    np.testing.assert_array_equal(np.stack(a.embedding), np.stack(b.embedding))  # the same pixels, the same chips
+    assert a.crs is None and a.geometry.bounds.values.tolist() == b.geometry.bounds.values.tolist()
+    item = json.loads(next((tmp_path / "out").glob("*/plain/plain.json")).read_text())
+    assert item["geometry"] is None and item["properties"]["proj:code"] is None

@@ -17,7 +17,7 @@ from rasterio.windows import Window
 from ..access import redact_text
 from ..bands import BandSource
 from ..errors import ReadError
-from ..grid import Grid, raster_errors
+from ..grid import Grid, raster_errors, unreferenced_quiet
 
 
 def _file_mask(ds, index: int, raw: np.ndarray, window: Window) -> np.ndarray | None:
@@ -58,10 +58,12 @@ class DirectReader:
                 datasets: list = []
                 self.datasets.append(datasets)
                 for band in bands:
-                    with raster_errors(band.href, "open raster"):
+                    with raster_errors(band.href, "open raster"), unreferenced_quiet():
                         ds = rasterio.open(band.href)
                     datasets.append(ds)
-                    if (ds.width, ds.height) != (grid.width, grid.height) or ds.transform != grid.transform:
+                    # An unplaced grid is the file's pixel grid, whatever geotransform it has without a CRS.
+                    moved = grid.placed and ds.transform != grid.transform
+                    if (ds.width, ds.height) != (grid.width, grid.height) or moved:
                         raise ReadError(f"item {item.id!r}: {redact_text(band.href)} is not on the item's native grid")
         except BaseException:
             self.close()

@@ -37,7 +37,7 @@ Without georeferencing (no CRS, no transform, or only one of them)
     a raster without georeferencing: no CRS and the identity transform (``grid.Grid.unplaced``:
     x = column, y = row, growing down), rows in storage order (coordinates are not used: integer
     index coordinates, or x/y of an unknown CRS, do not say which way is north). One warning per
-    store says so and what was found (``_say_unplaced``: e.g. "a CRS (EPSG:32634) but no pixel
+    store says so and what was found (``grid.say_unplaced``: e.g. "a CRS (EPSG:32634) but no pixel
     grid"); a CRS alone or a transform alone is named there and goes no further, since the other
     half is what would place the pixels. Outputs are then in pixel coordinates without a CRS
     (see ``grid``); the STAC asset's ``proj:code`` and ``proj:transform`` place such a store.
@@ -832,21 +832,10 @@ def _georeference(view: _View, y_axis: int, x_axis: int, proj: dict,
         found = f"a CRS ({name}) but no pixel grid (no regular 1-D coordinates of its spatial dimensions, no transform)"
     else:
         found = "no georeferencing"
-    _say_unplaced(view.store, found)
+    from ..grid import say_unplaced
+
+    say_unplaced(view.store, found, "give the asset proj:code and proj:transform to place them")
     return None, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), False
-
-
-_UNPLACED: set[str] = set()
-
-
-def _say_unplaced(store: str, found: str) -> None:
-    """One warning per store (per process) that its variables are read on their pixel grids."""
-    if store in _UNPLACED:
-        return
-    _UNPLACED.add(store)
-    log.warning("%s has %s stacembed can read: it is read on its pixel grid, and its outputs are in pixel "
-                "coordinates without a CRS (give the asset proj:code and proj:transform to place them)",
-                redact_text(store), found)
 
 
 def _crs_name(wkt: str) -> str:
