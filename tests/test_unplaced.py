@@ -386,3 +386,5 @@ def test_a_geotiff_without_a_crs_is_read_on_its_pixel_grid(unplaced_run, cli, tm
     assert a.crs is None and a.geometry.bounds.values.tolist() == b.geometry.bounds.values.tolist()
     item = json.loads(next((tmp_path / "out").glob("*/plain/plain.json")).read_text())
     assert item["geometry"] is None and item["properties"]["proj:code"] is None
+    result = run(cli, items, tmp_path / "out-stack", "--loader", "stackstac")  # stacks on a map: one line
+    assert result.exit_code == 1 and "leave --loader auto" in result.output, result.output

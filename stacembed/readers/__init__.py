@@ -74,6 +74,9 @@ def open_reader(
         return ArrayReader(series, grid, grids, resampling=resampling)
     if loader == "auto" and grid == source_grid and all(read_grid(band.href) == grid for band in bands):
         return DirectReader(series, source_grid)
+    if not grid.placed:
+        raise ConfigError(f"--loader {loader} stacks rasters on a map; these have no CRS (read on their pixel "
+                          "grid): leave --loader auto")
     from .stack import StackReader, stack_series
 
     data = stack_series(
