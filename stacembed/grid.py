@@ -235,7 +235,9 @@ def band_grid(band: BandSource) -> Grid:
         return read_grid(band.href)
     from .readers.zarr import variable_grid
 
-    crs, transform, width, height = variable_grid(band.href, band.format, band.variable, band.proj)
+    crs, transform, width, height, store, unplaced = variable_grid(band.href, band.format, band.variable, band.proj)
+    if unplaced:
+        say_unplaced(store, unplaced, "give the asset proj:code and proj:transform to place them")
     return _store_grid(crs, transform, width, height)
 
 

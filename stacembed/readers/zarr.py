@@ -33,14 +33,15 @@ Where the pixels are on the map (``_georeference``; the first source that answer
     ``proj:transform``.
 
 Without georeferencing (no CRS, no transform, or only one of them)
-    A variable is placed only with both. Without them it is read on its pixel grid, as GDAL reads
-    a raster without georeferencing: no CRS and the identity transform (``grid.Grid.unplaced``:
-    x = column, y = row, growing down), rows in storage order (coordinates are not used: integer
-    index coordinates, or x/y of an unknown CRS, do not say which way is north). One warning per
-    store says so and what was found (``grid.say_unplaced``: e.g. "a CRS (EPSG:32634) but no pixel
-    grid"); a CRS alone or a transform alone is named there and goes no further, since the other
-    half is what would place the pixels. Outputs are then in pixel coordinates without a CRS
-    (see ``grid``); the STAC asset's ``proj:code`` and ``proj:transform`` place such a store.
+    A variable is placed only with both. Without them it is read on its pixel grid, as GDAL reads a
+    raster without georeferencing: no CRS and the identity transform (``grid.Grid.unplaced``: x =
+    column, y = row, growing down), rows in storage order (coordinates are not used: integer index
+    coordinates, or x/y of an unknown CRS, do not say which way is north). ``Layout.unplaced`` says
+    what was found, and ``grid.band_grid`` warns once per store (``grid.say_unplaced``: e.g. "a CRS
+    (EPSG:32634) but no pixel grid"); a CRS alone or a transform alone is named there and goes no
+    further, since the other half is what would place the pixels. Outputs are then in pixel
+    coordinates without a CRS (see ``grid``); the STAC asset's ``proj:code`` and ``proj:transform``
+    place such a store.
 
 Values (``_Handle.read``, the same arithmetic as ``readers.direct`` for a GeoTIFF)
     No data: the CF ``_FillValue`` (for Zarr v2, the array's ``fill_value``, as xarray reads it;
@@ -188,6 +189,7 @@ class Layout:
     crs: str | None
     transform: tuple[float, ...]
     index: tuple[int, ...] = ()  # per storage axis: the index read along it (spatial axes: 0); () all 0
+    unplaced: str | None = None  # what was found of its georeferencing when that does not place it
 
     @property
     def path(self) -> str:
@@ -211,10 +213,12 @@ def _describe(href: str, fmt: str, variable: str | None, proj: str | None) -> La
 
 
 def variable_grid(href: str, fmt: str, variable: str | None,
-                  proj: str | None = None) -> tuple[str | None, tuple[float, ...], int, int]:
-    """(CRS or None, transform, width, height) of a store's variable: ``grid.band_grid`` makes the ``Grid``."""
+                  proj: str | None = None) -> tuple[str | None, tuple[float, ...], int, int, str, str | None]:
+    """(CRS or None, transform, width, height, store, what was found of an unplaced one's
+    georeferencing) of a store's variable: ``grid.band_grid`` makes the ``Grid`` (and says once
+    when it is unplaced)."""
     layout = describe(href, fmt, variable, proj)
-    return layout.crs, layout.transform, layout.shape[1], layout.shape[0]
+    return layout.crs, layout.transform, layout.shape[1], layout.shape[0], layout.store, layout.unplaced
 
 
 def level_at(href: str, fmt: str, variable: str | None, proj: str | None, resolution: float) -> str | None:
@@ -515,14 +519,14 @@ class _View:
         where = f"{redact_text(self.store)} variable {path}"
         y_axis, x_axis = _spatial_axes(self)
         index = self._index(y_axis, x_axis, where)
-        crs, transform, flip_y = _georeference(self, y_axis, x_axis, proj, where)
+        crs, transform, flip_y, unplaced = _georeference(self, y_axis, x_axis, proj, where)
         chunks = (self.chunks[y_axis], self.chunks[x_axis]) if self.chunks else None
         return Layout(
             fmt=self.fmt, store=self.store, group=self.group, name=self.name,
             shape=(self.shape[y_axis], self.shape[x_axis]), ndim=len(self.shape), axes=(y_axis, x_axis),
             flip_y=flip_y, dtype=np.dtype(self.dtype).str, chunks=chunks, fill=self.fill,
             cf_scale=_number(self.attrs.get("scale_factor")), cf_offset=_number(self.attrs.get("add_offset")),
-            crs=crs, transform=transform, index=index,
+            crs=crs, transform=transform, index=index, unplaced=unplaced,
         )
 
     def _index(self, y_axis: int, x_axis: int, where: str) -> tuple[int, ...]:
@@ -824,7 +828,7 @@ def _georeference(view: _View, y_axis: int, x_axis: int, proj: dict,
     transform = transform or _transform_of(proj, (height, width))
 
     if crs and transform:
-        return crs, transform, flip_y
+        return crs, transform, flip_y, None
     if transform and not crs:
         found = "a pixel grid (coordinates or a transform) but no CRS"
     elif crs and not transform:
@@ -832,10 +836,7 @@ def _georeference(view: _View, y_axis: int, x_axis: int, proj: dict,
         found = f"a CRS ({name}) but no pixel grid (no regular 1-D coordinates of its spatial dimensions, no transform)"
     else:
         found = "no georeferencing"
-    from ..grid import say_unplaced
-
-    say_unplaced(view.store, found, "give the asset proj:code and proj:transform to place them")
-    return None, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), False
+    return None, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), False, found
 
 
 def _crs_name(wkt: str) -> str:
