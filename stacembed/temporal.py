@@ -47,7 +47,7 @@ from .bands import BandSource
 from .errors import ResolveError
 from .grid import native_grid
 from .resolve import item_time_range
-from .resolve.cubes import same_sample, sample_key
+from .resolve.cubes import by_sample, sample_key
 from .resolve.modalities import footprint
 
 log = logging.getLogger("stacembed")
@@ -138,13 +138,16 @@ def pair_modalities(series: list[Series], found: Mapping[str, list[tuple[pystac.
     each modality's source in a warning (its collection).
     """
     paired = []
+    samples: dict[str, dict] = {}  # sample cube items of each modality by (sample, season), made on first use
     for location in series:
         primary = location.acquisitions[0].item
         area = footprint(primary)
         companions, missing = [], None
         for name, candidates in found.items():
             if sample_key(primary) is not None:
-                picked = _same_sample(primary, name, candidates, required=name not in optional,
+                if name not in samples:
+                    samples[name] = by_sample(candidates)
+                picked = _same_sample(primary, name, samples[name], required=name not in optional,
                                       source=describe.get(name, name))
             else:
                 picked = _cover(primary, area, candidates, static=name in static, max_gap=max_gap)
@@ -165,13 +168,15 @@ def pair_modalities(series: list[Series], found: Mapping[str, list[tuple[pystac.
     return paired
 
 
-def _same_sample(primary: pystac.Item, name: str, candidates: list[tuple[pystac.Item, list[BandSource]]], *,
-                 required: bool, source: str) -> list[tuple[pystac.Item, list[BandSource]]]:
-    """The sample cube item of input ``name`` with ``primary``'s sample and season; none for a required
-    input is an error (the modalities' cubes do not hold the same samples)."""
-    picked = same_sample(primary, candidates)
+def _same_sample(primary: pystac.Item, name: str, index: Mapping[tuple[str, int], tuple[pystac.Item, list[BandSource]]],
+                 *, required: bool, source: str) -> list[tuple[pystac.Item, list[BandSource]]]:
+    """The sample cube item of input ``name`` (``index``: ``resolve.cubes.by_sample``) with ``primary``'s
+    sample and season; none for a required input is an error (the modalities' cubes do not hold the
+    same samples)."""
+    key = sample_key(primary)
+    picked = [index[key]] if key in index else []
     if not picked and required:
-        sample, season = sample_key(primary)
+        sample, season = key
         raise ResolveError(f"sample {sample!r} (season {season}) of {primary.collection_id} has no counterpart in "
                            f"input {name} ({source}): its sample cubes must hold the same samples")
     return picked
