@@ -124,7 +124,7 @@ class Grid:
         if not self.placed:
             return Footprints(bounds, native, native, bounds)
         dense = shapely.segmentize(native, size * abs(self.transform.a) / 8) if len(native) else native
-        to_crs84 = _crs84_transformer(self.crs.to_wkt())
+        to_crs84 = crs84_transformer(self.crs.to_wkt())
         crs84 = shapely.transform(dense, lambda xy: np.column_stack(to_crs84.transform(xy[:, 0], xy[:, 1])))
         return Footprints(bounds, native, crs84, shapely.bounds(crs84).reshape(-1, 4))
 
@@ -148,7 +148,7 @@ class Footprints:
 
 
 @functools.lru_cache(maxsize=64)
-def _crs84_transformer(wkt: str) -> Transformer:
+def crs84_transformer(wkt: str) -> Transformer:
     """lon/lat from the CRS of ``wkt`` (pyproj's transformers are thread-safe)."""
     return Transformer.from_crs(ProjCRS.from_wkt(wkt), "OGC:CRS84", always_xy=True)
 

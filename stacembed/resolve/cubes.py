@@ -53,6 +53,7 @@ Layout verified against public code (read, not copied):
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from datetime import UTC, datetime
@@ -286,13 +287,21 @@ def _footprint(code: int, transform: list[float], width: int, height: int) -> tu
     """GeoJSON polygon (lon/lat, edges densified) and bbox of a grid."""
     import shapely
     import shapely.geometry
-    from pyproj import Transformer
+
+    from ..grid import crs84_transformer
 
     a, _, c, _, e, f = transform
     box = shapely.segmentize(shapely.box(c, f + e * height, c + a * width, f), abs(a) * width / 8)
-    to_lonlat = Transformer.from_crs(f"EPSG:{code}", "OGC:CRS84", always_xy=True)
+    to_lonlat = crs84_transformer(_wkt(code))  # one per CRS, not one per item
     shape = shapely.transform(box, lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1])))
     return shapely.geometry.mapping(shape), [float(v) for v in shape.bounds]
+
+
+@functools.lru_cache(maxsize=64)
+def _wkt(code: int) -> str:
+    from pyproj import CRS
+
+    return CRS.from_epsg(code).to_wkt()
 
 
 def sample_key(item: pystac.Item) -> tuple[str, int] | None:
