@@ -115,7 +115,8 @@ def _positions(length: int, size: int, stride: int) -> int:
 
 @dataclass
 class ChipBatch:
-    """Pixels of up to ``batch_size`` chips, ``(n, band, [time,] size, size)`` float32, NaN = no data.
+    """Pixels of up to ``batch_size`` chips, ``(n, band, [time,] size, size)`` float32, NaN = no data
+    (or an integer type, where the reader knew no pixel could lack data: ``Reader.read``).
 
     ``pixels`` may be a view of the pixels read (see ``read_batches``): read it, don't write it.
     """

@@ -176,6 +176,21 @@ def test_direct_reads_give_the_chips_and_fractions_of_an_independent_stack(tmp_p
         assert fractions[chips.rows - 1] == 10 / 16 and fractions[0] == 1
 
 
+@pytest.mark.parametrize("case", NATIVE_CASES)
+def test_direct_reads_keep_the_files_integer_type_only_where_no_pixel_can_lack_data(tmp_path, case):
+    """Integer bands without mask, nodata, scale or offset come back in their own type (GDAL
+    reads straight into the block; no float32 pass in the reader): the same values. Anything
+    that may put a NaN in, or scale, gives float32 measurements."""
+    reader, expected = _native(tmp_path, case)
+    try:
+        block, valid = reader.read(slice(0, 20), slice(5, 35))
+    finally:
+        reader.close()
+    assert block.dtype == (np.uint16 if case == "all valid" else np.float32)
+    assert (valid is None) == (case == "all valid")
+    np.testing.assert_array_equal(block, expected[:, :20, 5:35])
+
+
 def test_batches_of_consecutive_chips_are_views_of_the_pixels_read(run_bytes):
     """The reading thread does not copy a batch that a run holds whole; one made of pieces is
     copied. Either way its pixels are the chips' windows."""

@@ -222,6 +222,17 @@ def test_a_strided_view_of_a_read_is_embedded_like_its_copy_and_left_as_it_was()
     np.testing.assert_array_equal(got, embedder(np.ascontiguousarray(view)))
 
 
+def test_integer_pixels_are_embedded_like_their_float32_measurements():
+    """Readers hand over integer blocks where no pixel can lack data (``readers.direct``); the
+    engine's copy makes them float32: bit for bit what float32 measurements of them give."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    embedder = Embedder.from_card(resolve_card("stacembed-demo-landsat"), None, torch.device("cpu"))
+    block = np.random.default_rng(3).integers(0, 256, (6, 64, 64 * 3)).astype("uint8")
+    view = np.moveaxis(sliding_window_view(block, 64, axis=-1)[..., ::64, :], -2, 0)
+    np.testing.assert_array_equal(embedder(view), embedder(np.ascontiguousarray(view, dtype="float32")))
+
+
 def test_reading_ahead_or_in_line_gives_the_same_files(tmp_path):
     sample = Path(__file__).parent.parent / "catalogs" / "sample" / "catalog.json"
     tables = {}

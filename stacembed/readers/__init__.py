@@ -48,8 +48,9 @@ class Reader(Protocol):
 
     def read(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray | None]:
         """The window's measurements ``(band, [time,] h, w)``, float32, NaN where there is no
-        data; and the ``(h, w)`` bool mask of pixels with data in every band at every time
-        step, or None when all have."""
+        data (or the files' integer type where no pixel can lack data or need scaling:
+        ``direct.native_dtype``); and the ``(h, w)`` bool mask of pixels with data in every
+        band at every time step, or None when all have."""
 
     def close(self) -> None:
         """Release what the reader holds open."""
