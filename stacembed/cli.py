@@ -6,13 +6,15 @@ Errors a user can fix are printed as one line (``stacembed: error: ...``) with e
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -130,6 +132,48 @@ def _print_traceback(exc: BaseException) -> None:
 @click.version_option(__version__, prog_name="stacembed")
 def main() -> None:
     """STAC-native embeddings: STAC items in, embedding STAC items (GeoParquet + COG) out."""
+
+
+def entry() -> NoReturn:
+    """The ``stacembed`` program (console script and ``python -m stacembed``): ``main``, then
+    the process ends without tearing the interpreter down (``quick_exit``)."""
+    try:
+        main()
+    except SystemExit as exc:
+        quick_exit(exc.code)
+    quick_exit(0)  # click's standalone mode always ends in SystemExit; this is for safety
+
+
+def quick_exit(code: int | str | None) -> NoReturn:
+    """End the process as Python would at exit, less freeing every module and object one by one.
+
+    When the command returns, its outputs are complete (written, closed, renamed into place).
+    Python would then deallocate everything it holds before the process ends: with torch,
+    timm and GDAL loaded, 0.3 s after a `stacembed run` (measured on 2 cores, a run of 81 ViT-S
+    chips: 7.41-7.54 s, 7.13-7.23 s with this), a tenth of a ViT run's start-up, for memory the
+    operating system takes back at once. Everything else happens as in Python's own exit, in
+    its order: threads that are not daemons are waited for, exit handlers run (``atexit``:
+    logging, temporary directories, dask clusters, coverage), the standard streams are flushed,
+    and the status is Python's (None -> 0, a message -> printed, 1). ``STACEMBED_QUICK_EXIT=0``
+    leaves the exit to Python.
+    """
+    if os.environ.get("STACEMBED_QUICK_EXIT", "1") == "0":
+        sys.exit(code)
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code & 0xFF
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    threading._shutdown()  # what Python's exit does first: join non-daemon threads
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(status)
 
 
 def _search_options(func: Callable) -> Callable:

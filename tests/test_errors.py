@@ -97,3 +97,38 @@ def test_a_closed_pipe_stops_a_listing_quietly():
     shell = f"{sys.executable} -m stacembed models list | head -1"
     done = subprocess.run(["bash", "-c", f"set -o pipefail; {shell}"], capture_output=True, text=True)
     assert done.stdout.count("\n") == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+QUICK_EXIT = """
+import atexit, sys, threading, time
+from pathlib import Path
+from stacembed.cli import quick_exit
+
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "handler").write_text("ran"))
+
+def late():
+    time.sleep(0.3)
+    (out / "thread").write_text("done")
+
+threading.Thread(target=late).start()
+sys.stdout.write("x" * 200_000)  # buffered: must be flushed
+code = sys.argv[2]
+quick_exit(int(code) if code.isdigit() else None if code == "none" else code)
+"""
+
+
+@pytest.mark.parametrize(("code", "status"), [("0", 0), ("3", 3), ("none", 0), ("stopped here", 1)])
+@pytest.mark.parametrize("quick", ["1", "0"])
+def test_the_quick_exit_keeps_what_pythons_exit_guarantees(tmp_path, code, status, quick):
+    """The program ends without the interpreter's teardown (``cli.quick_exit``), and otherwise as
+    Python ends: threads that are not daemons finish, exit handlers run, buffered output is all
+    written, the status (or message) is the one given; ``STACEMBED_QUICK_EXIT=0`` exits as Python."""
+    import os
+
+    done = subprocess.run([sys.executable, "-c", QUICK_EXIT, str(tmp_path), code], capture_output=True, text=True,
+                          env={**os.environ, "STACEMBED_QUICK_EXIT": quick})
+    assert done.returncode == status, done.stderr
+    assert done.stdout == "x" * 200_000
+    assert (tmp_path / "handler").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
+    assert done.stderr.strip() == ("stopped here" if code == "stopped here" else "")
