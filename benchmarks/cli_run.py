@@ -15,6 +15,9 @@ For each model, on its throughput item (``SIDES``: ~30 s of ViT-S/16 work on 2 c
   (``concurrency.ordered_map``); the **best bound** is the faster of the two. Each repeat measures
   both right after its ``cli cached`` run, so that load on a shared machine hits both alike;
   the ratio of each repeat is reported with the medians.
+- ``reads``: the item's reads alone (every chip, as the run reads them, no model), CPU seconds;
+  ``cli / (best bound + reads)`` compares the run with the bound plus that CPU spread over the
+  cores: the part of the gap that decoding the pixels explains, which no run on these cores avoids;
 - time to the first batch (from the process's start, from the run's log) and the CPU
   configuration the run used;
 - peak RSS (``ru_maxrss`` of the CLI process, from ``os.wait4``) at 1x, 4x and 16x the area of
@@ -133,6 +136,17 @@ def measure_bound(inputs, batches: list, chips: int, streams: int, threads: int,
             "streams": streams, "threads": threads, "batch": batch}
 
 
+def measure_reads(inputs) -> dict[str, Any]:
+    """The item's reads alone, in this thread: every chip of it, as the run reads them (the feed
+    in line, no model), wall and CPU seconds. What a run must do on the cores besides the bound's
+    forward passes, however it overlaps them."""
+    spec = inputs.feed_spec(inputs.plan_item(inputs.series[0]), 16)
+    start, cpu, chips = time.perf_counter(), time.process_time(), 0
+    for read in spec.batches():
+        chips += len(read.chips)
+    return {"chips": chips, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
+
+
 def bound_batches(default: int, run: dict[str, Any]) -> list[int]:
     """Batch sizes the bounds try: ``--batch-size`` and the one the CLI run used, when it divides it
     (the calibration halves the batch), so that the bound is never weaker than the run's choice."""
@@ -196,12 +210,18 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                 entry[key].append(bound)
                 log(f"  [{rep + 1}/{args.repeat}] bound {streams}x{threads} b{bound['batch']}: "
                     f"{bound['chips_per_s']:.1f} chips/s")
+        entry["reads"] = measure_reads(inputs)
+        log(f"  reads alone: {entry['reads']['cpu_seconds']:.2f} CPU s")
         best = [max(a["chips_per_s"], b["chips_per_s"]) for a, b in zip(entry["bound_1xN"], entry["bound_Nx1"],
                                                                            strict=True)]
         entry["best_bound_per_repeat"] = best
         entry["ratio_per_repeat"] = [c["chips_per_s"] / b for c, b in zip(entry["cached"], best, strict=True)]
         entry["ratio"] = statistics.median(c["chips_per_s"] for c in entry["cached"]) / statistics.median(best)
         entry["first_ratio"] = entry["first"]["chips_per_s"] / statistics.median(best)
+        # The bound with the reads' CPU added on the same cores: what no run that decodes its
+        # pixels on these cores can beat (start-up and the single-threaded parts still count).
+        with_reads = chips / (chips / statistics.median(best) + entry["reads"]["cpu_seconds"] / n)
+        entry["ratio_with_reads"] = statistics.median(c["chips_per_s"] for c in entry["cached"]) / with_reads
         results["models"][name] = entry
     results["load_average_end"] = list(os.getloadavg())
     return results
@@ -241,6 +261,8 @@ def render(results: dict[str, Any]) -> str:
         row("cli cached / best bound", [f"{models[n]['ratio']:.2f}" for n in names])
         row("  per repeat", [", ".join(f"{x:.2f}" for x in models[n]["ratio_per_repeat"]) for n in names])
         row("cli first run / best bound", [f"{models[n]['first_ratio']:.2f}" for n in names])
+        row("reads alone, all chips  CPU s", [f"{models[n]['reads']['cpu_seconds']:.2f}" for n in names])
+        row("cli cached / (best bound + reads)", [f"{models[n]['ratio_with_reads']:.2f}" for n in names])
         # CPU time is what load on a shared machine distorts least: the share of the CLI's CPU
         # that the passes of the fastest bound needed (the rest: imports, reads, writes, exit;
         # wall time adds the single-threaded start-up and the tail on top)

@@ -210,7 +210,9 @@ class Embedder:
             x = torch.from_numpy(contiguous).to(self.device, non_blocking=True)
         if self.scaling is not None:
             self.scaling.apply_(x)
-        x.nan_to_num_(nan=0.0)
+        # Integer pixels hold no NaN (``Reader.read``), and a finite scaling of them makes none.
+        if not (np.issubdtype(pixels.dtype, np.integer) and (self.scaling is None or self.scaling.finite)):
+            x.nan_to_num_(nan=0.0)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
     def _forward(self, pixels: np.ndarray, context: dict[str, np.ndarray] | None = None) -> torch.Tensor:

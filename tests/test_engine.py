@@ -233,6 +233,19 @@ def test_integer_pixels_are_embedded_like_their_float32_measurements():
     np.testing.assert_array_equal(embedder(view), embedder(np.ascontiguousarray(view, dtype="float32")))
 
 
+def test_integer_pixels_skip_the_nan_pass_only_where_scaling_keeps_them_finite():
+    """No NaN pass over integer pixels (they hold none) unless the card's scaling can make one:
+    a zero stddev turns 0/0 into NaN, which still enters the model as 0."""
+    from stacembed.models.scaling import ValueScaling
+
+    embedder = Embedder.from_card(resolve_card("stacembed-demo-landsat"), None, torch.device("cpu"))
+    assert embedder.scaling is not None and embedder.scaling.finite
+    embedder.scaling = ValueScaling.from_card([{"type": "z-score", "mean": 1.0, "stddev": 0.0}], 6)
+    assert not embedder.scaling.finite
+    x = embedder.preprocess(np.ones((1, 6, 64, 64), "uint8"))
+    assert torch.equal(x, torch.zeros_like(x))
+
+
 def test_reading_ahead_or_in_line_gives_the_same_files(tmp_path):
     sample = Path(__file__).parent.parent / "catalogs" / "sample" / "catalog.json"
     tables = {}

@@ -31,6 +31,8 @@ class ValueScaling:
         self.shift, self.divisor, self.low, self.high = shift, divisor, low, high
         self.affine = bool((shift != 0).any() or (divisor != 1).any())
         self.clamps = bool(torch.isfinite(low).any() or torch.isfinite(high).any())
+        # Finite values stay finite (no zero or infinite divisor, no infinite shift).
+        self.finite = bool(torch.isfinite(shift).all() and torch.isfinite(divisor).all() and (divisor != 0).all())
 
     @classmethod
     def from_card(cls, scaling: Sequence[dict[str, Any] | None], bands: int) -> ValueScaling:
