@@ -36,9 +36,9 @@ from .embed import Embedder, configure_threads, default_prefetch, default_stream
 from .errors import BandError, ResolveError
 from .feed import FeedSpec, feed
 from .grid import Grid, bands_at_resolution, native_grid, target_grid
-from .layout import OutputLayout, file_sha256, safe_name, write_json
+from .layout import OutputLayout, safe_name, write_json
 from .models import ModelCard, resolve_card
-from .models.weights import resolve_weights
+from .models.weights import resolve_weights, weights_sha256
 from .readers import Reader
 from .readers.modal import ModalityRead, ModalReader, describe_resampling
 from .resolve import Search
@@ -268,6 +268,8 @@ class Inputs:
         """
         config = self.config
         weights = resolve_weights(self.card, config.weights, offline=config.offline)
+        if weights is not None:
+            weights_sha256(weights)  # hashed for the provenance while the model is built
         target = select_device(device or config.device)
         threads = threads or config.threads
         given = bool(threads or streams or config.streams or config.compile)  # else measured: ``calibration``
@@ -304,7 +306,7 @@ class Run:
             card=card,
             embedding=embedding,
             pretrained=weights is not None and card.pretrained,
-            weights_sha256=file_sha256(weights) if weights else None,
+            weights_sha256=weights_sha256(weights).result() if weights else None,
             chip_grid_size=inputs.chip_size,
             stride=inputs.stride,
             parameters={**config.runtime_parameters(), "chip_size": inputs.chip_size, "stride": inputs.stride,

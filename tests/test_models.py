@@ -172,6 +172,25 @@ def test_checksum_mismatch_of_local_weights(tmp_path):
         resolve_weights(ModelCard.from_item(data, str(tmp_path / "card.json")))
 
 
+def test_weights_are_hashed_once_in_the_background_and_again_when_they_change(tmp_path):
+    """The provenance's SHA-256 equals hashlib's over the file; asking again (the card's checksum,
+    then the provenance) gives the same computation; a rewritten file is hashed anew."""
+    import os
+
+    from stacembed.models.weights import weights_sha256
+
+    path = tmp_path / "w.safetensors"
+    save_file(_model().state_dict(), str(path))
+    first = weights_sha256(path)
+    assert first.result() == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert weights_sha256(path) is first
+    save_file(timm.create_model("test_resnet", pretrained=False, in_chans=3, num_classes=0).state_dict(), str(path))
+    os.utime(path, ns=(1, 1))  # a new modification time, whatever the clock's resolution
+    assert weights_sha256(path).result() == hashlib.sha256(path.read_bytes()).hexdigest() != first.result()
+    with pytest.raises(FileNotFoundError):
+        weights_sha256(tmp_path / "missing.safetensors")
+
+
 @pytest.fixture
 def http_server(tmp_path):
     """A real HTTP server on loopback serving ``tmp_path/www``."""

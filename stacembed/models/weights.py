@@ -21,6 +21,7 @@ import os
 import threading
 import warnings
 import zipfile
+from concurrent.futures import Future
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -45,6 +46,35 @@ def is_offline(forced: bool = False) -> bool:
                for v in ("STACEMBED_OFFLINE", "HF_HUB_OFFLINE"))
 
 
+_digests: dict[tuple[str, int, int], Future[str]] = {}
+_digests_lock = threading.Lock()
+
+
+def weights_sha256(path: Path) -> Future[str]:
+    """The SHA-256 hex digest of weights file ``path``, hashed once per process (per path, size
+    and modification time) in a background thread.
+
+    hashlib releases the GIL, so a checkpoint is hashed on another core while the caller imports
+    and builds the model (the provenance's hash of a 1.2 GB ViT-L takes about a second), and a
+    file that a card's checksum verified is not hashed again for the provenance.
+    """
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _digests_lock:
+        future = _digests.get(key)
+        if future is None:
+            future = _digests[key] = Future()
+            threading.Thread(target=_hash_into, args=(path, future), name="stacembed-sha256", daemon=True).start()
+    return future
+
+
+def _hash_into(path: Path, future: Future[str]) -> None:
+    try:
+        future.set_result(file_sha256(path))
+    except BaseException as exc:  # handed to whoever waits for the digest
+        future.set_exception(exc)
+
+
 def resolve_weights(card: ModelCard, override: str | None = None, *, offline: bool = False) -> Path | None:
     """A local weights file for ``card``, or None for ``--weights random``; ``offline`` never downloads."""
     if override == RANDOM:
@@ -65,7 +95,7 @@ def resolve_weights(card: ModelCard, override: str | None = None, *, offline: bo
         path = Path(urlparse(href).path if scheme else href)
         if not path.is_file():
             raise ModelError(f"weights {path} named by model card {card.href} do not exist")
-        if card.weights_sha256 and file_sha256(path) != card.weights_sha256:
+        if card.weights_sha256 and weights_sha256(path).result() != card.weights_sha256:
             raise ModelError(f"weights {path} do not match the SHA-256 in model card {card.href}")
         return path
     return _cached_download(href, card.weights_sha256, offline)
