@@ -131,12 +131,41 @@ def test_a_candidate_that_embeds_differently_is_never_raced():
 
 def test_an_item_that_ends_mid_race_leaves_the_rest_to_the_next_item():
     calibrator, embed, _ = racing(lambda threads, batch: 1.0, halve_batch=False)
-    assert len(list(calibrator.run(embed, batches(3)))) == 3  # probe + 2 batches: one round of the reference
-    assert not calibrator.done and Choice(2, 1, 4) in calibrator.rates
+    assert len(list(calibrator.run(embed, batches(5)))) == 5  # the untimed first turn, the reference's, one more
+    assert not calibrator.done and set(calibrator.rates) == {Choice(2, 1, 4)}
     assert len(list(calibrator.run(embed, batches(1, chips=1)))) == 1  # too short an item to time anything
     assert not calibrator.done and Choice(1, 2, 4) not in calibrator.rates
     assert len(list(calibrator.run(embed, batches(9, chips=3)))) == 9  # the rest, partial last batch included
     assert calibrator.done
+
+
+def test_the_first_turn_is_not_timed():
+    """What only a run's first batches pay (files opening, first tiles, threads starting) must
+    not count against the reference, which goes first: here it makes them 10x dearer."""
+    cold = {"batches": 0}
+
+    def cost(threads, batch):
+        return (10.0 if cold["batches"] <= 2 else 1.0) * (1.0 if threads == 1 else 1.05)
+
+    calibrator, embed, embedder = racing(cost, halve_batch=False)
+
+    def counting(batch):
+        cold["batches"] += 1
+        return embed(batch)
+
+    list(calibrator.run(counting, batches(20)))
+    assert calibrator.done and calibrator.choice == Choice(2, 1, 4)
+    assert calibrator.rates[Choice(2, 1, 4)] > calibrator.rates[Choice(1, 2, 4)]
+
+
+def test_a_turn_lasts_whole_rounds_until_its_minimum_time():
+    """Cheap passes are timed over many batches, not one round of two (a small CNN's round took
+    20 ms, which one slow tile decode swung); every batch is still embedded once, in order."""
+    calibrator, embed, _ = racing(lambda threads, batch: 0.01, halve_batch=False)
+    out = list(calibrator.run(embed, batches(200)))
+    assert [len(e) for _, e in out] == [4] * 200 and calibrator.done
+    for chips, seconds in calibrator.totals.values():
+        assert seconds >= 2 * calibrator.min_seconds and chips % 8 == 0 and chips > 2 * 8
 
 
 def test_the_choice_is_cached_by_model_chip_shape_cores_and_torch(cache):
@@ -218,12 +247,16 @@ def test_calibration_writes_the_bytes_of_a_fixed_configuration(cache, monkeypatc
 
 def _sample_run(out: Path, **options):
     """The sample catalog (4 items of 9 chips), GeoParquet only, in batches of 6 (halved: 3)
-    unless ``batch_size`` says, each candidate timed once: the sample's items are small."""
+    unless ``batch_size`` says, each candidate timed once on two batches, the first too: the
+    sample's items are small (``test_the_first_turn_is_not_timed`` and
+    ``test_a_turn_lasts_whole_rounds_until_its_minimum_time`` test those two rules)."""
     config = RunConfig(out=out, catalog=str(SAMPLE), formats=("geoparquet",), device="cpu", progress=False,
                        **{k: v for k, v in options.items() if v is not None})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("stacembed.embed.DEFAULT_BATCH_SIZE", 6)
         patch.setattr("stacembed.calibration.ROUNDS", 1)  # one turn each: 4 items of 2 batches
+        patch.setattr("stacembed.calibration.MIN_TURN_SECONDS", 0.0)  # of two batches,
+        patch.setattr("stacembed.calibration.WARM_UP_TURNS", 0)  # all timed
         return run(config)
 
 
