@@ -67,9 +67,10 @@ ROUNDS = 2
 # GDAL tile decode or a GeoParquet row group written in it swung the rates by 3x and made the
 # calibration keep 1 stream x 2 threads for resnet18 and the demo model, while 2 x 1 ran their
 # whole items 1.18x and 1.10x faster (measured on 2 cores). A ViT's turn is still two batches.
-MIN_TURN_SECONDS = 0.5
-# Turns run first with the reference and not timed (see ``Calibrator``).
-WARM_UP_TURNS = 1
+# The race's eight turns then take ~2.5 s of a CNN's first run.
+MIN_TURN_SECONDS = 0.3
+# Rounds of batches run first with the reference, not timed (see ``Calibrator``).
+WARM_UP_ROUNDS = 1
 
 
 @dataclass(frozen=True, order=True)
@@ -312,22 +313,23 @@ class Calibrator:
     Each candidate's turn is whole rounds of batches (as many as the widest candidate has
     streams) lasting at least ``min_seconds``, and the turns alternate, ``rounds`` times over
     (``A B A B``): a load that comes and goes on a shared machine then weighs on every candidate
-    alike. The run's first ``warm_up`` turns, with the reference, are not timed: they pay for
-    what only the first batches do (opening files, GDAL's first tiles, threads starting,
-    torch's first passes per thread). ``apply(choice)`` puts a configuration in place (torch threads, the embedder's
-    streams and batch); ``clock`` times the race (a fake one in tests); ``store(choice, rates,
-    equivalent)`` keeps the result. The state lasts over the run's items: a turn cut short by
-    the end of an item is not counted, and is taken again on the next item.
+    alike. The run's first ``warm_up`` rounds of batches, with the reference, are not timed:
+    they pay for what only the first batches do (opening files, GDAL's first tiles, threads
+    starting, torch's first passes per thread). ``apply(choice)`` puts a configuration in place
+    (torch threads, the embedder's streams and batch); ``clock`` times the race (a fake one in
+    tests); ``store(choice, rates, equivalent)`` keeps the result. The state lasts over the
+    run's items: a turn cut short by the end of an item is not counted, and is taken again on
+    the next item.
     """
 
     def __init__(self, candidates: list[Choice], *, halve_batch: bool,
                  apply: Callable[[Choice], None], store: Callable[..., Any] | None = None,
                  clock: Callable[[], float] = time.perf_counter, rounds: int = ROUNDS,
-                 min_seconds: float = MIN_TURN_SECONDS, warm_up: int = WARM_UP_TURNS) -> None:
+                 min_seconds: float = MIN_TURN_SECONDS, warm_up: int = WARM_UP_ROUNDS) -> None:
         self.reference = candidates[0]
         self.rounds = rounds
         self.min_seconds = min_seconds
-        self.warm_up = warm_up  # untimed turns still to run
+        self.warm_up = warm_up  # untimed rounds still to run
         self.exhausted = False  # whether the last turn ended with the item (``_turn``)
         self.schedule = list(candidates) * rounds  # the turns still to run, in order
         self.halve_batch = halve_batch and self.reference.batch >= 2
@@ -375,14 +377,15 @@ class Calibrator:
             self.apply(candidate)
             sizes: list[int] = []
             start = self.clock()
-            for result in ordered_map(embed, self._turn(source, sizes, start), candidate.streams, ahead, pool=True):
+            took = self._turn(source, sizes, start, 0.0 if self.warm_up else self.min_seconds)
+            for result in ordered_map(embed, took, candidate.streams, ahead, pool=True):
                 if self.probe is None and candidate.numerics == self.reference.numerics:
                     self._keep_probe(result)
                 yield result
             seconds = self.clock() - start
             if self.exhausted:
                 return  # the item ended: this turn is taken again on the next item's batches
-            if self.warm_up:  # a first turn: not timed (see the class)
+            if self.warm_up:  # a first round: not timed (see the class)
                 self.warm_up -= 1
                 continue
             totals = self.totals.setdefault(candidate, [0, 0.0])
@@ -395,14 +398,15 @@ class Calibrator:
             source = halve_last_full(source, self.reference.batch)
         yield from ordered_map(embed, source, self.choice.streams, ahead, pool=True)
 
-    def _turn(self, source: Iterator[ChipBatch], sizes: list[int], start: float) -> Iterator[ChipBatch]:
-        """The batches of one turn: whole rounds of ``segment`` batches, until ``min_seconds``
-        have passed since ``start`` (or the item ends: ``exhausted``); their sizes into ``sizes``."""
+    def _turn(self, source: Iterator[ChipBatch], sizes: list[int], start: float,
+              seconds: float) -> Iterator[ChipBatch]:
+        """The batches of one turn: whole rounds of ``segment`` batches, until ``seconds`` have
+        passed since ``start`` (or the item ends: ``exhausted``); their sizes into ``sizes``."""
         self.exhausted = True
         for batch in source:
             sizes.append(len(batch.chips))
             yield batch
-            if len(sizes) % self.segment == 0 and self.clock() - start >= self.min_seconds:
+            if len(sizes) % self.segment == 0 and self.clock() - start >= seconds:
                 self.exhausted = False
                 return
 
@@ -498,7 +502,7 @@ def setup(embedder: Embedder, weights: Path | None, *, cores: int, batch_request
     embedder.calibrator = Calibrator(
         candidates(reference, cores, max_streams, batch_fixed=batch_request is not None),
         halve_batch=batch_request is None, apply=embedder.apply, rounds=ROUNDS, min_seconds=MIN_TURN_SECONDS,
-        warm_up=WARM_UP_TURNS,
+        warm_up=WARM_UP_ROUNDS,
         store=lambda choice, rates, equivalent: store_choice(key, choice, rates, equivalent),
     )
     return None

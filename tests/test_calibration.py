@@ -131,7 +131,7 @@ def test_a_candidate_that_embeds_differently_is_never_raced():
 
 def test_an_item_that_ends_mid_race_leaves_the_rest_to_the_next_item():
     calibrator, embed, _ = racing(lambda threads, batch: 1.0, halve_batch=False)
-    assert len(list(calibrator.run(embed, batches(5)))) == 5  # the untimed first turn, the reference's, one more
+    assert len(list(calibrator.run(embed, batches(5)))) == 5  # the untimed first round, the reference's, one more
     assert not calibrator.done and set(calibrator.rates) == {Choice(2, 1, 4)}
     assert len(list(calibrator.run(embed, batches(1, chips=1)))) == 1  # too short an item to time anything
     assert not calibrator.done and Choice(1, 2, 4) not in calibrator.rates
@@ -256,7 +256,7 @@ def _sample_run(out: Path, **options):
         patch.setattr("stacembed.embed.DEFAULT_BATCH_SIZE", 6)
         patch.setattr("stacembed.calibration.ROUNDS", 1)  # one turn each: 4 items of 2 batches
         patch.setattr("stacembed.calibration.MIN_TURN_SECONDS", 0.0)  # of two batches,
-        patch.setattr("stacembed.calibration.WARM_UP_TURNS", 0)  # all timed
+        patch.setattr("stacembed.calibration.WARM_UP_ROUNDS", 0)  # all timed
         return run(config)
 
 
