@@ -311,11 +311,16 @@ class Calibrator:
     """Races ``candidates`` on a run's batches (``run``), then runs on with the fastest.
 
     Each candidate's turn is whole rounds of batches (as many as the widest candidate has
-    streams) lasting at least ``min_seconds``, and the turns alternate, ``rounds`` times over
-    (``A B A B``): a load that comes and goes on a shared machine then weighs on every candidate
-    alike. The run's first ``warm_up`` rounds of batches, with the reference, are not timed:
-    they pay for what only the first batches do (opening files, GDAL's first tiles, threads
-    starting, torch's first passes per thread). ``apply(choice)`` puts a configuration in place
+    streams) whose forward passes take at least ``min_seconds`` per stream, and the turns
+    alternate, ``rounds`` times over (``A B A B``): a load that comes and goes on a shared
+    machine then weighs on every candidate alike. A candidate's rate is its chips over the
+    seconds its passes took, divided by its streams (passes run side by side): a turn's wall
+    time would also count its streams filling up and draining at its ends, which the steady
+    state does not have, and which cost several streams more than one (measured: the tiny
+    Prithvi's 2 x 1 looked 10% slower than 1 x 2 on 0.3 s turns, and ran 1.07x faster). The
+    run's first ``warm_up`` rounds of batches, with the reference, are not timed: they pay for
+    what only the first batches do (opening files, GDAL's first tiles, threads starting,
+    torch's first passes per thread). ``apply(choice)`` puts a configuration in place
     (torch threads, the embedder's streams and batch); ``clock`` times the race (a fake one in
     tests); ``store(choice, rates, equivalent)`` keeps the result. The state lasts over the
     run's items: a turn cut short by the end of an item is not counted, and is taken again on
@@ -376,13 +381,13 @@ class Calibrator:
                 continue
             self.apply(candidate)
             sizes: list[int] = []
-            start = self.clock()
-            took = self._turn(source, sizes, start, 0.0 if self.warm_up else self.min_seconds)
-            for result in ordered_map(embed, took, candidate.streams, ahead, pool=True):
+            busy: list[float] = []  # seconds of each forward pass (appended by the stream threads)
+            took = self._turn(source, sizes, busy, candidate.streams, 0.0 if self.warm_up else self.min_seconds)
+            for result in ordered_map(self._timed(embed, busy), took, candidate.streams, ahead, pool=True):
                 if self.probe is None and candidate.numerics == self.reference.numerics:
                     self._keep_probe(result)
                 yield result
-            seconds = self.clock() - start
+            seconds = sum(busy) / candidate.streams
             if self.exhausted:
                 return  # the item ended: this turn is taken again on the next item's batches
             if self.warm_up:  # a first round: not timed (see the class)
@@ -398,15 +403,24 @@ class Calibrator:
             source = halve_last_full(source, self.reference.batch)
         yield from ordered_map(embed, source, self.choice.streams, ahead, pool=True)
 
-    def _turn(self, source: Iterator[ChipBatch], sizes: list[int], start: float,
+    def _timed(self, embed: Embed, busy: list[float]) -> Embed:
+        """``embed``, the seconds of each call appended to ``busy``."""
+        def timed(batch: ChipBatch) -> Any:
+            start = self.clock()
+            result = embed(batch)
+            busy.append(self.clock() - start)
+            return result
+        return timed
+
+    def _turn(self, source: Iterator[ChipBatch], sizes: list[int], busy: list[float], streams: int,
               seconds: float) -> Iterator[ChipBatch]:
-        """The batches of one turn: whole rounds of ``segment`` batches, until ``seconds`` have
-        passed since ``start`` (or the item ends: ``exhausted``); their sizes into ``sizes``."""
+        """The batches of one turn: whole rounds of ``segment`` batches, until the passes have
+        taken ``seconds`` per stream (or the item ends: ``exhausted``); their sizes into ``sizes``."""
         self.exhausted = True
         for batch in source:
             sizes.append(len(batch.chips))
             yield batch
-            if len(sizes) % self.segment == 0 and self.clock() - start >= seconds:
+            if len(sizes) % self.segment == 0 and sum(busy) / streams >= seconds:
                 self.exhausted = False
                 return
 
