@@ -321,8 +321,9 @@ class Calibrator:
     run's first ``warm_up`` rounds of batches, with the reference, are not timed: they pay for
     what only the first batches do (opening files, GDAL's first tiles, threads starting,
     torch's first passes per thread). ``apply(choice)`` puts a configuration in place
-    (torch threads, the embedder's streams and batch); ``clock`` times the race (a fake one in
-    tests); ``store(choice, rates, equivalent)`` keeps the result. The state lasts over the
+    (torch threads, the embedder's streams and batch); ``clock`` times each forward pass, in
+    the thread that runs it (a fake one in tests); ``store(choice, rates, equivalent)`` keeps
+    the result. The state lasts over the
     run's items: a turn cut short by the end of an item is not counted, and is taken again on
     the next item.
     """
