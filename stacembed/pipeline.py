@@ -94,13 +94,16 @@ def plan(config: RunConfig) -> dict:
     }
 
 
-def run(config: RunConfig, *, check: Callable[[Run], None] | None = None) -> RunSummary:
+def run(config: RunConfig, *, check: Callable[[Run], None] | None = None,
+        ready: Callable[[], None] | None = None) -> RunSummary:
     """Embed every matched item and publish the result as a STAC catalog under ``config.out``.
 
     With ``config.dask_address`` or ``config.workers``, items are embedded on a dask.distributed
     cluster (see ``executors.cluster``). With ``config.publish``, the finished catalog is also
     sent to that STAC API. ``check`` sees the frozen run (model, parameters) before any pixel
     is read, and may refuse it: what comes after the run (``run --head``) fails early.
+    ``ready`` is called when the start-up is over (items resolved, model built and checked),
+    before any pixel is read.
     """
     started = time.perf_counter()
     startup = _process_age()
@@ -111,6 +114,8 @@ def run(config: RunConfig, *, check: Callable[[Run], None] | None = None) -> Run
         frozen = Run.freeze(inputs, embedder, weights)
         if check is not None:
             check(frozen)
+        if ready is not None:
+            ready()
         if not executor.embeds_here:
             embedder = None  # it only checked the run: free it before the workers build theirs
         summary = _embed(frozen, executor, embedder)

@@ -14,7 +14,7 @@ pixels are read once, by the run; the predictions read the embeddings it wrote.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,9 +91,11 @@ def predict(embeddings: str | Path, head: str | Path, *, out: str | Path, probab
                          chips)
 
 
-def embed_and_predict(config: RunConfig, head: str | Path, *, probabilities: bool = False) -> tuple[Any, PredictResult]:
+def embed_and_predict(config: RunConfig, head: str | Path, *, probabilities: bool = False,
+                      ready: Callable[[], None] | None = None) -> tuple[Any, PredictResult]:
     """``stacembed run --head``: embed as ``config`` says, then predict the embeddings written,
-    into the same ``--out``; the head is checked against the run's model before any pixel is read."""
+    into the same ``--out``; the head is checked against the run's model before any pixel is read.
+    ``ready``: as ``pipeline.run``'s."""
     from ..pipeline import run
 
     _, card = read_head(head)
@@ -103,7 +105,7 @@ def embed_and_predict(config: RunConfig, head: str | Path, *, probabilities: boo
         model = model_identity(provenance.runtime_parameters(), provenance.embedding.dimensions)
         check_fits(card, model, "pixel" if provenance.embedding.dense else "chip", "the run")
 
-    summary = run(config, check=fits)
+    summary = run(config, check=fits, ready=ready)
     result = predict(summary.catalog, head, out=config.out, probabilities=probabilities, device=config.device,
                      progress=config.progress)
     return summary, result
