@@ -392,3 +392,21 @@ def test_cog_is_read_in_whole_tiles_of_bounded_size(tmp_path, monkeypatch):
         assert found.keys() == expected.keys()
         assert all(np.array_equal(found[key], expected[key]) for key in expected)
     assert len(windows) == 3 * 4
+
+
+@pytest.mark.parametrize(("n", "dims"), [(500, 12), (12, 40), (3, 3)])
+def test_principal_axes_equal_an_svd_of_the_centred_sample(n, dims):
+    """More vectors than dimensions (from the scatter matrix) and fewer (from an SVD): the axes
+    and variance shares of an SVD of the centred sample, signed as scikit-learn signs them."""
+    from stacembed.analysis.quicklook import _principal_axes
+
+    rng = np.random.default_rng(n)
+    vectors = (rng.standard_normal((n, dims)) * np.linspace(3, 0.5, dims) + 7).astype(np.float32)  # distinct variances
+    data = vectors.astype(np.float64)
+    mean = data.mean(axis=0)
+    _, singular, vt = np.linalg.svd(data - mean, full_matrices=False)
+    axes, shares = _principal_axes(vectors, mean, 3)
+    for mine, reference in zip(axes, vt[:3], strict=True):
+        assert mine[np.abs(mine).argmax()] > 0
+        np.testing.assert_allclose(mine, np.sign(mine @ reference) * reference, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(shares, (singular**2 / (singular**2).sum())[:3], rtol=1e-9, atol=1e-12)
