@@ -7,15 +7,13 @@ Errors a user can fix are printed as one line (``stacembed: error: ...``) with e
 from __future__ import annotations
 
 import atexit
-import contextlib
-import gc
 import json
 import logging
 import os
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -178,33 +176,6 @@ def quick_exit(code: int | str | None) -> NoReturn:
     os._exit(status)
 
 
-@contextlib.contextmanager
-def start_up() -> Iterator[Callable[[], None]]:
-    """A command's start-up without the cyclic garbage collector; call what it yields when the
-    start-up is over (and at the latest when the block ends): the collector runs again.
-
-    Importing torch, timm and the model's code creates hundreds of thousands of objects that
-    live as long as the process; the collector's full passes walk them all, three times during
-    a run's start-up (0.2 s of CPU, measured with ``gc.callbacks``; the first batch came 0.3 s
-    sooner without them: median of 4 pairs of runs). Those objects are then frozen (``gc.freeze``:
-    later passes skip them), as Python's documentation advises for such start-ups. Cycles
-    made during the start-up are not collected (8,000 objects in a run of the tiny Prithvi: a fixed amount,
-    whatever the area).
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-
-    def ready() -> None:
-        if enabled and not gc.isenabled():
-            gc.freeze()
-            gc.enable()
-
-    try:
-        yield ready
-    finally:
-        ready()
-
-
 def _search_options(func: Callable) -> Callable:
     """The options that say which items to use and how to reach them (``run`` and ``search``)."""
     options = [
@@ -336,6 +307,8 @@ def run(ctx: click.Context, config_file: str | None, head: str | None, probabili
         quiet: bool, **flags: Any) -> None:
     """Embed STAC items with a backbone model and publish the embeddings as a STAC catalog."""
     config = _config(ctx, config_file, verbose, quiet, flags)
+    from .collector import start_up
+
     with start_up() as ready:
         from . import pipeline
 
