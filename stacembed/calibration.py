@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -276,6 +277,26 @@ def store_choice(key: dict[str, Any], choice: Choice, rates: dict[Choice, float]
 Embed = Callable[["ChipBatch"], tuple["ChipBatch", "np.ndarray"]]
 
 
+class _Passes:
+    """The seconds of a turn's forward passes, added by the stream threads as each pass ends."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.ended = threading.Condition()
+
+    def add(self, seconds: float) -> None:
+        with self.ended:
+            self.seconds.append(seconds)
+            self.ended.notify_all()
+
+    def seconds_after(self, count: int) -> float:
+        """The seconds of all passes so far, once at least ``count`` of them have ended (the
+        caller handed out ``count`` batches: they end, raising or not)."""
+        with self.ended:
+            self.ended.wait_for(lambda: len(self.seconds) >= count)
+            return sum(self.seconds)
+
+
 def _part(batch: ChipBatch, start: int, stop: int) -> ChipBatch:
     from .chips import ChipBatch
 
@@ -382,13 +403,13 @@ class Calibrator:
                 continue
             self.apply(candidate)
             sizes: list[int] = []
-            busy: list[float] = []  # seconds of each forward pass (appended by the stream threads)
-            took = self._turn(source, sizes, busy, candidate.streams, 0.0 if self.warm_up else self.min_seconds)
-            for result in ordered_map(self._timed(embed, busy), took, candidate.streams, ahead, pool=True):
+            passes = _Passes()
+            took = self._turn(source, sizes, passes, candidate.streams, 0.0 if self.warm_up else self.min_seconds)
+            for result in ordered_map(self._timed(embed, passes), took, candidate.streams, ahead, pool=True):
                 if self.probe is None and candidate.numerics == self.reference.numerics:
                     self._keep_probe(result)
                 yield result
-            seconds = sum(busy) / candidate.streams
+            seconds = passes.seconds_after(len(sizes)) / candidate.streams
             if self.exhausted:
                 return  # the item ended: this turn is taken again on the next item's batches
             if self.warm_up:  # a first round: not timed (see the class)
@@ -404,24 +425,31 @@ class Calibrator:
             source = halve_last_full(source, self.reference.batch)
         yield from ordered_map(embed, source, self.choice.streams, ahead, pool=True)
 
-    def _timed(self, embed: Embed, busy: list[float]) -> Embed:
-        """``embed``, the seconds of each call appended to ``busy``."""
+    def _timed(self, embed: Embed, passes: _Passes) -> Embed:
+        """``embed``, the seconds of each call (raising or not) added to ``passes``."""
         def timed(batch: ChipBatch) -> Any:
             start = self.clock()
-            result = embed(batch)
-            busy.append(self.clock() - start)
-            return result
+            try:
+                return embed(batch)
+            finally:
+                passes.add(self.clock() - start)
         return timed
 
-    def _turn(self, source: Iterator[ChipBatch], sizes: list[int], busy: list[float], streams: int,
+    def _turn(self, source: Iterator[ChipBatch], sizes: list[int], passes: _Passes, streams: int,
               seconds: float) -> Iterator[ChipBatch]:
         """The batches of one turn: whole rounds of ``segment`` batches, until the passes have
-        taken ``seconds`` per stream (or the item ends: ``exhausted``); their sizes into ``sizes``."""
+        taken ``seconds`` per stream (or the item ends: ``exhausted``); their sizes into ``sizes``.
+
+        Whether a round ends the turn is decided once its passes have ended (the streams are
+        handed batches ahead: the passes done when the next one is asked for are not yet all of
+        the round's), so a turn's length does not depend on how the threads happened to run."""
         self.exhausted = True
         for batch in source:
             sizes.append(len(batch.chips))
             yield batch
-            if len(sizes) % self.segment == 0 and sum(busy) / streams >= seconds:
+            if len(sizes) % self.segment:
+                continue
+            if seconds <= 0 or passes.seconds_after(len(sizes)) / streams >= seconds:
                 self.exhausted = False
                 return
 
