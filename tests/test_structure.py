@@ -94,4 +94,3 @@ def test_a_run_imports_cluster_and_lazy_stack_libraries_only_when_it_uses_them()
     assert "torch" in imported  # the model is what a run is for
     assert imported.isdisjoint({"dask", "distributed", "xarray", "stackstac", "odc", "pystac_client", "sklearn",
                                 "faiss"})
-
