@@ -344,9 +344,8 @@ class Calibrator:
     torch's first passes per thread). ``apply(choice)`` puts a configuration in place
     (torch threads, the embedder's streams and batch); ``clock`` times each forward pass, in
     the thread that runs it (a fake one in tests); ``store(choice, rates, equivalent)`` keeps
-    the result. The state lasts over the
-    run's items: a turn cut short by the end of an item is not counted, and is taken again on
-    the next item.
+    the result. The state lasts over the run's items: a turn cut short by the end of an item is
+    not counted, and is taken again on the next item.
     """
 
     def __init__(self, candidates: list[Choice], *, halve_batch: bool,

@@ -151,8 +151,8 @@ def quick_exit(code: int | str | None) -> NoReturn:
     Python would then deallocate everything it holds before the process ends: with torch,
     timm and GDAL loaded, 0.23 s after a `stacembed run` (measured on 2 cores: median of 5
     pairs of runs of 81 ViT-S chips, 0.07-0.36 s), for memory the operating system takes back
-    at once. Everything else happens as in Python's own exit, in
-    its order: threads that are not daemons are waited for, exit handlers run (``atexit``:
+    at once. Everything else happens as in Python's own exit, in its order: threads that are
+    not daemons are waited for, exit handlers run (``atexit``:
     logging, temporary directories, dask clusters, coverage), the standard streams are flushed,
     and the status is Python's (None -> 0, a message -> printed, 1). ``STACEMBED_QUICK_EXIT=0``
     leaves the exit to Python.
