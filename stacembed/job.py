@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -345,12 +345,14 @@ class Run:
                                                 verify=self.config.verify)
 
 
-def embed_series(run: Run, series: Series, embedder: Embedder, show: bool = False) -> int | None:
-    """Embed one series into its output item; None when it was finished already."""
+def embed_series(run: Run, series: Series, embedder: Embedder, show: bool = False, *,
+                 after_first_batch: Callable[[], None] | None = None) -> int | None:
+    """Embed one series into its output item; None when it was finished already.
+    ``after_first_batch``: see ``write_item``."""
     if run.finished(series):
         return None
     plan = run.inputs.plan_item(series)
-    return write_item(run, plan, embedded_batches(run, plan, embedder), show)
+    return write_item(run, plan, embedded_batches(run, plan, embedder), show, after_first_batch=after_first_batch)
 
 
 def embedded_batches(run: Run, plan: ItemPlan, embedder: Embedder,
@@ -375,9 +377,13 @@ def embedded_batches(run: Run, plan: ItemPlan, embedder: Embedder,
 
 
 def write_item(run: Run, plan: ItemPlan, batches: Iterable[tuple[ChipBatch, np.ndarray]],
-               show: bool = False) -> int | None:
+               show: bool = False, *, after_first_batch: Callable[[], None] | None = None) -> int | None:
     """Write the embedded ``batches`` of one series as its output item (atomically); returns the
-    chips written, or None when another process finished the same item first and its copy stood."""
+    chips written, or None when another process finished the same item first and its copy stood.
+
+    ``after_first_batch`` is called once the first batch is written, while the model works on
+    the next ones: work the caller needs done later costs less there than after the last batch.
+    """
     formats, item_id, layout = run.config.formats, plan.series.id, run.layout_of(plan.series)
     provenance = run.provenance_of(plan.series)
     with layout.writing_item(item_id, provenance.runtime_parameters()) as staging, ExitStack() as opened:
@@ -392,6 +398,8 @@ def write_item(run: Run, plan: ItemPlan, batches: Iterable[tuple[ChipBatch, np.n
             for batch, embeddings in batches:
                 for writer in writers:
                     writer.write(batch, embeddings)
+                if not chips and after_first_batch is not None:
+                    after_first_batch()
                 chips += len(batch.chips)
                 bar.update(len(batch.chips))
         properties: dict = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -14,6 +16,7 @@ import pytest
 import rasterio
 import torch
 import xarray as xr
+from conftest import DEMO_CARD
 
 from stacembed import RunConfig, run
 from stacembed.access import DEFAULT_CACHE_BYTES
@@ -291,3 +294,26 @@ def test_gdal_block_cache_holds_two_tile_rows_and_follows_the_user(monkeypatch):
     data = DirectReader([(item, [BandSource("blue", "blue", href), BandSource("b", "b", href)])], read_grid(href))
     assert data.tile_row_bytes == 2 * -(-width // block_w) * block_w * block_h * size
     data.close()
+
+
+IMPORT_AHEAD = """
+import sys
+from stacembed import RunConfig, run
+from stacembed.writers.geoparquet import GeoParquetWriter
+
+seen = []
+write, close = GeoParquetWriter.write, GeoParquetWriter.close
+GeoParquetWriter.write = lambda *a: (seen.append(("write", "stac_geoparquet" in sys.modules)), write(*a))[1]
+GeoParquetWriter.close = lambda *a: (seen.append(("close", "stac_geoparquet" in sys.modules)), close(*a))[1]
+run(RunConfig(model=sys.argv[1], out=sys.argv[2], max_items=1, batch_size=4, formats=("geoparquet",),
+              progress=False))
+print(seen[0], sorted(set(seen[1:])))
+"""
+
+
+def test_a_local_run_imports_what_its_catalog_needs_while_the_model_works(tmp_path):
+    """What writing the collection imports (stac-geoparquet, pandas, geopandas: 0.3 s) is imported
+    after the first batch is written, with forward passes still to come, not after the last one."""
+    done = subprocess.run([sys.executable, "-c", IMPORT_AHEAD, str(DEMO_CARD), str(tmp_path / "out")],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "('write', False) [('close', True), ('write', True)]", done.stderr

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import rasterio
 from tqdm import tqdm
 
+from ..catalog import import_ahead
 from ..collector import frozen_while_embedding, skip_final_collection
 from ..concurrency import short_switch_interval
 from ..config import RunConfig
@@ -36,4 +37,4 @@ class LocalExecutor:
         with rasterio.Env(**run.inputs.search.access.gdal_options()), short_switch_interval(), \
                 frozen_while_embedding():
             for series in tqdm(run.inputs.series, desc="items", unit="item", disable=not self.show):
-                yield embed_series(run, series, embedder, self.show)
+                yield embed_series(run, series, embedder, self.show, after_first_batch=import_ahead)
