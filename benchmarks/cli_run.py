@@ -4,9 +4,10 @@
 
 For each model, on its throughput item (``SIDES``: ~30 s of ViT-S/16 work on 2 cores):
 
-- ``cli first``: ``python -m stacembed run ... --format geoparquet --device cpu`` in a fresh
-  process with an empty ``STACEMBED_CACHE``: wall time of the whole process (interpreter,
-  imports, model build, calibration of the CPU configuration, reads, writes, catalog, exit);
+- ``cli first``: ``stacembed run ... --format geoparquet --device cpu`` in a fresh process (the
+  ``stacembed`` command of the interpreter that runs this script, as a user types it) with an
+  empty ``STACEMBED_CACHE``: wall time of the whole process (interpreter, imports, model build,
+  calibration of the CPU configuration, reads, writes, catalog, exit);
 - ``cli cached``: the same command again, with the calibration it cached (what later runs
   see); repeated ``--repeat`` times;
 - ``bound 1 x N`` and ``bound N x 1``: the model's ``Embedder`` (value scaling included) on as
@@ -23,12 +24,20 @@ For each model, on its throughput item (``SIDES``: ~30 s of ViT-S/16 work on 2 c
 - peak RSS (``ru_maxrss`` of the CLI process, from ``os.wait4``) at 1x, 4x and 16x the area of
   ``--base-size`` (2048 px), each in a fresh process, before this process imports torch.
 
+The install measured is recorded (``install``): run this script with the Python of a user's
+install (``pip install .`` in a fresh venv: byte-compiled, no test extras) to time what users
+run. A development checkout differs in ways that only slow its start-up: with
+``PYTHONDONTWRITEBYTECODE`` set, an editable install compiles stacembed's sources in every
+process, and test extras add imports (rasterio imports boto3 when moto brought it in; torch
+imports pydot when cwltool did).
+
 Target: cli cached / best bound >= 0.9 for the transformers (issue 20). See benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -65,15 +74,41 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def stacembed_command() -> list[str]:
+    """The ``stacembed`` command installed next to this interpreter (``python -m stacembed``
+    when there is none)."""
+    script = Path(sys.executable).parent / "stacembed"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "stacembed"]
+
+
+def install() -> dict[str, Any]:
+    """What the CLI runs: where stacembed is imported from, whether its modules are byte-compiled
+    (an up-to-date ``.pyc`` beside each), and the test extras' packages that add imports."""
+    package = Path(importlib.util.find_spec("stacembed").origin).parent
+    sources = list(package.rglob("*.py"))
+    compiled = sum(_compiled(path) for path in sources)
+    return {"command": stacembed_command(), "python": sys.executable, "stacembed": str(package),
+            "editable": package.is_relative_to(ROOT), "modules": len(sources), "byte_compiled": compiled,
+            "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
+            "test_packages": [m for m in ("boto3", "pydot", "moto", "cwltool") if importlib.util.find_spec(m)]}
+
+
+def _compiled(source: Path) -> bool:
+    cached = Path(importlib.util.cache_from_source(str(source)))
+    return cached.exists() and cached.stat().st_mtime >= source.stat().st_mtime
+
+
 def cli_run(catalog: Path, model: str, out: Path, cache: Path, extra: list[str] = ()) -> dict[str, Any]:
-    """One ``stacembed run`` in a fresh process: wall seconds, peak RSS, first batch, configuration."""
-    command = [sys.executable, "-m", "stacembed", "run", "--catalog", str(catalog), "--model", model,
+    """One ``stacembed run`` in a fresh process: wall seconds, peak RSS, first batch, configuration.
+    It runs in ``out``'s directory, so that a ``python -m`` fallback imports the installed stacembed,
+    not this checkout's."""
+    command = [*stacembed_command(), "run", "--catalog", str(catalog), "--model", model,
                "--format", "geoparquet", "--device", "cpu", "--offline", "--out", str(out), "-v", *extra]
     env = {**os.environ, "STACEMBED_CACHE": str(cache)}
     logfile = out.parent / f"{out.name}.log"
     with open(logfile, "w") as stream:
         start = time.perf_counter()
-        child = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        child = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=out.parent, env=env)
         _, status, usage = os.wait4(child.pid, 0)
         seconds = time.perf_counter() - start
     text = logfile.read_text()
@@ -167,7 +202,8 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     for name in set(names) | set(args.rss_models.split(",") if args.rss_models else ()):
         if name in BUILD:
             BUILD[name](log=log)
-    results: dict[str, Any] = {"load_average_start": list(os.getloadavg()), "cores": cores(), "models": {},
+    results: dict[str, Any] = {"load_average_start": list(os.getloadavg()), "cores": cores(), "install": install(),
+                               "models": {},
                                "rss": {}, "parameters": vars(args) | {"json": str(args.json)}}
     # Peak RSS first, while this process is small (Linux carries ru_maxrss over fork/exec).
     for name in [m for m in (args.rss_models or "").split(",") if m]:
@@ -229,11 +265,15 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 
 def render(results: dict[str, Any]) -> str:
     med = statistics.median
+    setup = results["install"]
     lines = [f"{results['cores']} cores; load average {results['load_average_start'][0]:.2f} at the start, "
              f"{results['load_average_end'][0]:.2f} at the end"
              + ("  (other work was running: numbers are noisy)"
                 if max(results['load_average_start'][0], results['load_average_end'][0]) > 0.5 * results['cores']
-                else "")]
+                else ""),
+             f"stacembed from {setup['stacembed']} ({'editable' if setup['editable'] else 'installed'}; "
+             f"{setup['byte_compiled']}/{setup['modules']} modules byte-compiled; test packages: "
+             f"{', '.join(setup['test_packages']) or 'none'})"]
     models = results["models"]
     if models:
         names = list(models)
