@@ -128,9 +128,8 @@ class Embedder:
                               f"use 1 with {'--compile' if compile else f'device {device.type}'}")
         self.streams = streams
         self.batch: int | None = None  # chips per forward pass, when less than a batch of the feed
-        self.preferred_batch: int | None = None  # the feed's batch size a cached calibration chose
         self.pooled = False  # run even one stream in a thread of its own, reads overlapping it (calibrated runs)
-        self.split_tail = False  # halve an item's last full batch (``calibration.halve_last_full``; verified)
+        self.tail_halves: int | None = None  # feed batches of this size: an item's last one in halves (verified)
         self.calibrator: Calibrator | None = None  # measuring the CPU configuration on the first batches
         self.tuning: Tuning | None = None  # how the CPU configuration was decided
         self.first_output_at: float | None = None  # perf_counter() when the first batch came out
@@ -226,10 +225,11 @@ class Embedder:
 
     def auto_batch_size(self, default: int | None = None, limit: int = 1024) -> int:
         """Chips per batch for this device: on CUDA, what half the free memory holds (measured
-        with a forward pass of 4 chips of the run's own shape, time steps included); else what a
-        cached calibration chose, else ``default``."""
+        with a forward pass of 4 chips of the run's own shape, time steps included); else
+        ``default``, else ``DEFAULT_BATCH_SIZE`` (a calibrated choice of fewer chips per forward
+        pass splits these batches: ``batch``)."""
         if self.device.type != "cuda":
-            return self.preferred_batch or default or DEFAULT_BATCH_SIZE
+            return default or DEFAULT_BATCH_SIZE
         probe = np.zeros((4, *self.input_shape), "float32")
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
@@ -272,8 +272,8 @@ class Embedder:
         the CPU configuration measured first when the run calibrates (``calibration.Calibrator``)."""
         if self.calibrator is not None:
             return self.calibrator.run(embed, batches, ahead)
-        if self.split_tail and self.streams > 1 and self.batch:
-            batches = halve_last_full(batches, self.batch)
+        if self.tail_halves and self.streams > 1:
+            batches = halve_last_full(batches, self.tail_halves)
         return ordered_map(embed, batches, self.streams, ahead, pool=self.pooled)
 
 

@@ -212,6 +212,31 @@ def test_a_cached_choice_is_used_without_calibrating(cache, monkeypatch):
     assert (cached.streams, cached.threads, cached.batch_size) == (1, 2, 3)
 
 
+@pytest.mark.parametrize(("streams", "batch", "halves_identical", "calls"), [
+    (1, 3, False, [(6, 3), (3, 3)]),  # one stream: nothing to finish together
+    (2, 3, False, [(3, 3), (3, 3), (3, 3)]),  # halves of 6 are passes of the choice's 3 chips
+    (2, 6, False, [(6, 6), (3, 6)]),  # passes of 3 were not found to embed as passes of 6
+    (2, 6, True, [(3, 6), (3, 6), (3, 6)]),  # they were
+])
+def test_a_cached_choice_keeps_the_feeds_batches_and_splits_them_into_its_passes(cache, monkeypatch, streams, batch,
+                                                                                halves_identical, calls):
+    """As the calibrated run goes on after its race: batches of the reference's size (6), each
+    embedded ``choice.batch`` chips per pass, an item's last full batch in halves when there are
+    streams to share them and the halves' passes are verified (each sample item: 9 chips)."""
+    _sample_run(cache.parent / "first")
+    [path] = (cache / "calibration").glob("*.json")
+    record = json.loads(path.read_text())
+    record.update(choice={"streams": streams, "threads": 1, "batch": batch}, halves_identical=halves_identical)
+    path.write_text(json.dumps(record))
+    seen = []
+    embed = Embedder.__call__
+    monkeypatch.setattr(Embedder, "__call__", lambda self, pixels, *a: (seen.append((len(pixels), self.batch)),
+                                                                        embed(self, pixels, *a))[1])
+    cached = _sample_run(cache.parent / "cached")
+    assert cached.cpu_configuration == "cached" and cached.batch_size == batch
+    assert seen == calls * 4
+
+
 def test_streams_threads_and_batch_size_given_win(cache, monkeypatch):
     measure = Calibrator.run
     monkeypatch.setattr(Calibrator, "run", lambda *a, **k: pytest.fail("calibrated although told"))
