@@ -203,8 +203,7 @@ def benchmark(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         if name in BUILD:
             BUILD[name](log=log)
     results: dict[str, Any] = {"load_average_start": list(os.getloadavg()), "cores": cores(), "install": install(),
-                               "models": {},
-                               "rss": {}, "parameters": vars(args) | {"json": str(args.json)}}
+                               "models": {}, "rss": {}, "parameters": vars(args) | {"json": str(args.json)}}
     # Peak RSS first, while this process is small (Linux carries ru_maxrss over fork/exec).
     for name in [m for m in (args.rss_models or "").split(",") if m]:
         runs = []
