@@ -229,6 +229,24 @@ def test_quicklook_command_recreates_deleted_quicklooks_byte_for_byte(float_run,
     assert files(copy) == written
 
 
+def test_quicklook_command_leaves_derived_collections_alone(float_run, tmp_path):
+    """A --out that also holds a product derived from the embeddings (here clusters, written
+    into the same --out) is redrawn as before: the derived collection has no embeddings to draw."""
+    copy = tmp_path / "out"
+    shutil.copytree(float_run, copy)
+    assert stacembed("cluster", copy, "--k", 2, "--out", copy).exit_code == 0
+    before = files(copy)
+    result = stacembed("quicklook", copy)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"{collection_dir_name(copy)}: quicklooks of 0 item(s) drawn, 4 up to date"]
+    assert files(copy) == before
+
+
+def collection_dir_name(out: Path) -> str:
+    return next(p.parent.name for p in out.glob("*/collection.json") if p.parent.name != "clusters-k2")
+
+
 def test_quicklook_command_with_another_sample_redraws(float_run, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(float_run, copy)

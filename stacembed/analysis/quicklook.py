@@ -529,11 +529,20 @@ def _layouts(target: str | Path) -> list[OutputLayout]:
     kind = document.get("type") if isinstance(document, dict) else None
     if kind == "Collection":
         return [OutputLayout(path.parent.parent, path.parent.name)]
-    if kind == "Catalog":
+    if kind == "Catalog":  # its embedding collections; not the products derived from them (clusters, change)
         root = path.parent
-        names = sorted(p.parent.name for p in root.glob("*/collection.json") if not p.parent.name.startswith("."))
+        names = sorted(p.parent.name for p in root.glob("*/collection.json")
+                       if not p.parent.name.startswith(".") and _is_embeddings(p))
         return [OutputLayout(root, name) for name in names]
     raise ConfigError(f"{text} is no STAC catalog or collection written by stacembed run")
+
+
+def _is_embeddings(collection_file: Path) -> bool:
+    """Whether a collection document is one of embeddings (it states ``emb:type``)."""
+    try:
+        return "emb:type" in json.loads(collection_file.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _stored_basis(layout: OutputLayout, sample: int | None, seed: int | None) -> QuicklookBasis | None:
