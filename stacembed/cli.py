@@ -678,6 +678,45 @@ def predict_command(ctx: click.Context, embeddings: str, head: str, out: str, pr
         click.echo(f"{result.chips} chips of {len(result.items)} item(s) predicted; catalog: {result.catalog}")
 
 
+@main.group("import")
+def import_group() -> None:
+    """Embeddings other tools made, as an embeddings catalog every stacembed analysis reads."""
+
+
+@import_group.command("aef", epilog="""Examples:
+
+\b
+  stacembed import aef 2024/23S/*.vrt --out aef/                       # whole files, referenced in place
+  stacembed import aef https://data.source.coop/tge-labs/aef/v1/annual/2024/24S/FILE.tiff \\
+      --bbox -35.0,-8.1,-34.8,-7.9 --out aef/                          # a box, copied north-up
+  stacembed similar aef/ --point -34.88,-7.99
+""")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (STAC catalog).")
+@click.option("--bbox", metavar="W,S,E,N",
+              help="Copy only the pixels under this lon/lat box (north-up COGs in --out); else reference the files.")
+@click.option("--year", type=int, help="The year of the embeddings (default: from the path, <year>/<zone>/<file>).")
+@click.option("--output-collection", "collection_id", default="alphaearth-annual", show_default=True,
+              help="Id of the collection written.")
+@click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
+@click.pass_context
+def import_aef_command(ctx: click.Context, sources: tuple[str, ...], out: str, bbox: str | None, year: int | None,
+                       collection_id: str, verbose: int) -> None:
+    """Describe AlphaEarth Foundations annual embedding COGs (SOURCES: files or URLs) as a catalog.
+
+    64 int8 bands A00..A63 per 10 m pixel, de-quantized by every reader as the dataset says
+    (sign(q) * (|q| / 127.5)^2; -128: no data). Files stored bottom-up (Google's originals) need
+    --bbox, or their north-up .vrt (Source Cooperative ships one beside each file).
+    """
+    ctx.meta["stacembed.verbose"] = verbose > 0
+    _setup_logging(verbose, False)
+    from .importers.aef import import_aef
+
+    result = import_aef(list(sources), out, bbox=bbox, year=year, collection_id=collection_id)
+    skipped = f"; {len(result.skipped)} file(s) without a pixel in the box skipped" if result.skipped else ""
+    click.echo(f"{len(result.items)} AlphaEarth item(s) described{skipped}; catalog: {result.catalog}")
+
+
 @main.group("export")
 def export_group() -> None:
     """Embeddings as exchange tables: NeuCo-Bench CSV, one joint GeoParquet."""

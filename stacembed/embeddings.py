@@ -10,7 +10,8 @@ path of the analyses.
 
 Vectors always come back as float32: int8 files are dequantized with the parameters they
 carry (GeoParquet schema metadata ``stacembed:quantization``; GDAL band scales/offsets in the
-GeoTIFF, where -128 means "no chip" and becomes NaN), float16 is widened. The tables
+GeoTIFF, where -128 means "no chip" and becomes NaN), or, for a COG whose item names another
+``emb:quantization`` method (``signed-square``, AlphaEarth's), with that; float16 is widened. The tables
 themselves are returned as stored, so that they match what any Parquet reader sees.
 """
 
@@ -50,7 +51,7 @@ from .grid import RASTER_ERRORS, Grid, gdal_reason
 from .layout import catalog_file
 from .writers.base import SourceInfo
 from .writers.geoparquet import COLUMNS, chip_columns, footprint_columns, geo_metadata, window_columns
-from .writers.quantize import dequantize
+from .writers.quantize import LINEAR, METHODS, SIGNED_SQUARE, dequantize, dequantize_signed_square
 
 if TYPE_CHECKING:
     import geopandas
@@ -112,7 +113,8 @@ class EmbeddingItem:
 
     ``kind`` is ``emb:type``: ``chip`` (one vector per chip, GeoParquet and/or GeoTIFF) or
     ``pixel`` (dense patch embeddings, GeoTIFF only). ``data_type`` is how the values are stored
-    (float32, float16, int8); every reader here returns float32.
+    (float32, float16, int8); every reader here returns float32. ``quantization`` is the
+    ``emb:quantization`` object, which names how int8 values map back to floats.
     """
 
     stac_item: pystac.Item
@@ -121,14 +123,16 @@ class EmbeddingItem:
     kind: str | None
     data_type: str | None
     chip_layout: dict[str, Any] | None
+    quantization: dict[str, Any] | None = None
 
     @classmethod
     def from_stac(cls, item: pystac.Item) -> EmbeddingItem:
         """Item properties win over the collection's: the Embeddings extension allows either."""
         collection = item.get_collection()
         facts = {**(collection.extra_fields if collection else {}), **item.properties}
+        quantization = _quantization(item.id, facts.get("emb:quantization"))
         return cls(item, _embedding_hrefs(item), facts.get("emb:dimensions"), facts.get("emb:type"),
-                   facts.get("data_type"), facts.get("emb:chip_layout"))
+                   facts.get("data_type"), facts.get("emb:chip_layout"), quantization)
 
     @property
     def id(self) -> str:
@@ -250,7 +254,7 @@ class EmbeddingItem:
         with read_errors(href), rasterio.open(href) as ds:
             if not (0 <= row < ds.height and 0 <= col < ds.width):
                 return None
-            values = _raster_values(ds, Window(col, row, 1, 1))[:, 0, 0]
+            values = self._values(ds, Window(col, row, 1, 1))[:, 0, 0]
         return None if np.isnan(values).all() else values
 
     def chips_schema(self, columns: Sequence[str] | None = None) -> pa.Schema:
@@ -275,7 +279,7 @@ class EmbeddingItem:
             chips = _CogChips.of(ds, self)
             area = Window(0, 0, ds.width, ds.height) if bbox is None else chips.area(ds, bbox)
             for window in _row_windows(area, batch_rows) if area is not None else ():
-                values = _raster_values(ds, window)
+                values = self._values(ds, window)
                 kept = ~np.isnan(values).all(axis=0)
                 rows, cols = np.nonzero(kept)
                 yield (chips.batch(rows + window.row_off, cols + window.col_off, names),
@@ -303,7 +307,7 @@ class EmbeddingItem:
         href = self._href("geotiff")
         with read_errors(href), rasterio.open(href) as ds:
             window = _window(ds, window, bbox, self.id)
-            return _raster_values(ds, window), ds.window_transform(window), ds.crs
+            return self._values(ds, window), ds.window_transform(window), ds.crs
 
     def grid(self, window: Window | None = None, bbox: Sequence[float] | None = None) -> xarray.DataArray:
         """The COG as a ``(band, y, x)`` DataArray: pixel-centre coordinates in the raster's CRS,
@@ -319,6 +323,13 @@ class EmbeddingItem:
         }
         attrs = {"crs": crs.to_string(), "transform": tuple(transform)[:6]}
         return xarray.DataArray(values, dims=("band", "y", "x"), coords=coords, name=self.id, attrs=attrs)
+
+    def _values(self, ds: rasterio.DatasetReader, window: Window) -> np.ndarray:
+        """float32 ``(D, h, w)`` values of ``window`` of this item's COG, dequantized as the item says."""
+        method = (self.quantization or {}).get("method", LINEAR)
+        if method == SIGNED_SQUARE and not np.issubdtype(np.dtype(ds.dtypes[0]), np.floating):
+            return dequantize_signed_square(ds.read(window=window), self.quantization["scale"], axis=0)
+        return _raster_values(ds, window)
 
     def _href(self, fmt: str) -> str:
         if fmt in self.hrefs:
@@ -447,7 +458,7 @@ def _format(asset: pystac.Asset) -> str | None:
     described = f"{asset.media_type or ''} {asset.href}".lower()
     if "parquet" in described:
         return "geoparquet"
-    if "tiff" in described or described.endswith(".tif"):
+    if "tiff" in described or described.endswith((".tif", ".vrt")):  # a GDAL VRT reads as its GeoTIFFs
         return "geotiff"
     return None
 
@@ -466,6 +477,19 @@ def _vectors(data: pa.Table | pa.RecordBatch) -> np.ndarray:
         return values.astype("float32")
     quantization = json.loads(raw)
     return dequantize(values, quantization["scale"], quantization["offset"], axis=1)
+
+
+def _quantization(item_id: str, quantization: Any) -> dict[str, Any] | None:
+    """An item's ``emb:quantization``, checked: a method this module reads, with its parameters."""
+    if quantization is None:
+        return None
+    method = quantization.get("method") if isinstance(quantization, dict) else quantization
+    if method not in METHODS:
+        raise ReadError(f"item {item_id!r}: emb:quantization method {method!r} is not one stacembed reads "
+                        f"({', '.join(METHODS)})")
+    if method == SIGNED_SQUARE and not quantization.get("scale"):
+        raise ReadError(f"item {item_id!r}: emb:quantization {SIGNED_SQUARE!r} states no scale")
+    return quantization
 
 
 def _raster_values(ds: rasterio.DatasetReader, window: Window) -> np.ndarray:

@@ -378,9 +378,10 @@ class DerivedOutput:
 
     def add_item(self, item_id: str, *, geometry: dict | None, bbox: list[float] | None, properties: dict[str, Any],
                  extensions: Iterable[str], assets: dict[str, dict], sources: Sequence[EmbeddingItem],
-                 links: Sequence[tuple[str, str, str]] = ()) -> dict:
+                 links: Sequence[tuple[str, ...]] = ()) -> dict:
         """Write ``item_id``'s document (its files are written already) and remember it;
-        ``links``: (rel, href, title) of what else it links."""
+        ``links``: (rel, href, title) of the other JSON documents it links, or (rel, href, title,
+        media type) of other files."""
         from ..catalog import canonical_href, relative_href
 
         final = self.layout.item_file(item_id)  # relative links are made from where it will be
@@ -390,8 +391,8 @@ class DerivedOutput:
             if href:
                 documents.append({"rel": "derived_from", "href": relative_href(local_href(href), final),
                                   "type": "application/geo+json", "title": f"Embeddings {source.id}"})
-        extra = [{"rel": rel, "href": relative_href(local_href(href), final), "type": "application/json",
-                  "title": title} for rel, href, title in links]
+        extra = [{"rel": rel, "href": relative_href(local_href(href), final),
+                  "type": kind[0] if kind else "application/json", "title": title} for rel, href, title, *kind in links]
         titles = {"root": CATALOG_TITLE}
         links = [*documents, *extra, *[{"rel": rel, "href": href, "type": "application/json",
                                         "title": titles.get(rel, self.collection_id)}
@@ -409,14 +410,16 @@ class DerivedOutput:
 
     def write_collection(self, *, title: str, description: str, extensions: Iterable[str],
                          item_assets: dict[str, dict], assets: dict[str, dict] | None = None,
-                         derived_from: Sequence[tuple[str, str]] = (), extra: dict[str, Any] | None = None) -> Path:
-        """Write the collection document; ``derived_from``: (href, title) of what it was made from."""
+                         derived_from: Sequence[tuple[str, str]] = (), extra: dict[str, Any] | None = None,
+                         links: Sequence[dict[str, str]] = ()) -> Path:
+        """Write the collection document; ``derived_from``: (href, title) of what it was made from;
+        ``links``: other link objects, as they are."""
         from ..catalog import relative_href
 
         assert self.staging is not None, "only inside writing()"
         final = self.layout.collection_file
-        links = [{"rel": rel, "href": href, "type": "application/json", "title": CATALOG_TITLE}
-                 for rel, href in self.layout.COLLECTION_LINKS]
+        links = [*[{"rel": rel, "href": href, "type": "application/json", "title": CATALOG_TITLE}
+                   for rel, href in self.layout.COLLECTION_LINKS], *links]
         links += [{"rel": "derived_from", "href": relative_href(local_href(href), final), "type": "application/json",
                    "title": what} for href, what in derived_from]
         links += [{"rel": "item", "href": self.layout.item_href(item["id"]), "type": "application/geo+json",

@@ -4,6 +4,10 @@
 Parameters are per dimension (each band/vector component has its own range) or global (one
 range for all), computed from the embeddings actually written, which writers track as they
 stream (``RangeTracker``) and apply when they finish the file.
+
+Readers also undo the one other int8 mapping embedding products use, named by their
+``emb:quantization``: ``signed-square``, ``x = sign(q) * (|q| / scale)**2`` (AlphaEarth
+Foundations' annual embeddings, scale 127.5, -128 for "no data"; see ``importers.aef``).
 """
 
 from __future__ import annotations
@@ -74,5 +78,22 @@ def dequantize(q: np.ndarray, scale, offset, axis: int = 1) -> np.ndarray:
     shape[axis] = -1
     values = (q.astype("float64") * np.asarray(scale, "float64").reshape(shape)
               + np.asarray(offset, "float64").reshape(shape))
+    values[q == NODATA] = np.nan
+    return values.astype("float32")
+
+
+LINEAR = "linear"
+SIGNED_SQUARE = "signed-square"
+METHODS = (LINEAR, SIGNED_SQUARE)
+
+
+def dequantize_signed_square(q: np.ndarray, scale, axis: int = 0) -> np.ndarray:
+    """int8 -> float32, ``sign(q) * (|q| / scale)**2`` along ``axis`` (``scale``: one number, or one
+    per dimension); ``NODATA`` becomes NaN."""
+    shape = [1] * q.ndim
+    shape[axis] = -1
+    scale = np.asarray(scale, "float64")
+    ratio = q.astype("float64") / (scale.reshape(shape) if scale.size > 1 else scale.reshape(()))
+    values = ratio * np.abs(ratio)
     values[q == NODATA] = np.nan
     return values.astype("float32")
