@@ -689,9 +689,13 @@ def import_group() -> None:
   stacembed import aef 2024/23S/*.vrt --out aef/                       # whole files, referenced in place
   stacembed import aef https://data.source.coop/tge-labs/aef/v1/annual/2024/24S/FILE.tiff \\
       --bbox -35.0,-8.1,-34.8,-7.9 --out aef/                          # a box, copied north-up
+  stacembed import aef --index aef_index.parquet --bbox -35.0,-8.1,-34.8,-7.9 --year 2024 --out aef/
   stacembed similar aef/ --point -34.88,-7.99
 """)
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
+@click.option("--index", metavar="PARQUET",
+              help="The dataset's aef_index.parquet (path or URL): import the files it lists under --bbox "
+                   "(and in --year).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (STAC catalog).")
 @click.option("--bbox", metavar="W,S,E,N",
               help="Copy only the pixels under this lon/lat box (north-up COGs in --out); else reference the files.")
@@ -700,9 +704,9 @@ def import_group() -> None:
               help="Id of the collection written.")
 @click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
 @click.pass_context
-def import_aef_command(ctx: click.Context, sources: tuple[str, ...], out: str, bbox: str | None, year: int | None,
-                       collection_id: str, verbose: int) -> None:
-    """Describe AlphaEarth Foundations annual embedding COGs (SOURCES: files or URLs) as a catalog.
+def import_aef_command(ctx: click.Context, sources: tuple[str, ...], index: str | None, out: str, bbox: str | None,
+                       year: int | None, collection_id: str, verbose: int) -> None:
+    """Describe AlphaEarth Foundations annual embedding COGs (SOURCES: files or URLs, or --index) as a catalog.
 
     64 int8 bands A00..A63 per 10 m pixel, de-quantized by every reader as the dataset says
     (sign(q) * (|q| / 127.5)^2; -128: no data). Files stored bottom-up (Google's originals) need
@@ -712,7 +716,7 @@ def import_aef_command(ctx: click.Context, sources: tuple[str, ...], out: str, b
     _setup_logging(verbose, False)
     from .importers.aef import import_aef
 
-    result = import_aef(list(sources), out, bbox=bbox, year=year, collection_id=collection_id)
+    result = import_aef(list(sources), out, bbox=bbox, year=year, index=index, collection_id=collection_id)
     skipped = f"; {len(result.skipped)} file(s) without a pixel in the box skipped" if result.skipped else ""
     click.echo(f"{len(result.items)} AlphaEarth item(s) described{skipped}; catalog: {result.catalog}")
 

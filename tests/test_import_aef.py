@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import geopandas
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+import shapely
 from affine import Affine
 from click.testing import CliRunner
 from pyproj import Transformer
@@ -235,3 +237,68 @@ def test_windows_of_the_in_place_file_read_only_those_pixels(files, tmp_path):
     assert transform == Affine(PIXEL, 0, WEST + 100 * PIXEL, 0, -PIXEL, NORTH - 50 * PIXEL)
     np.testing.assert_array_equal(item.chip(3, 4), dequantized(files["q"][:, 3, 4]))
     assert item.chip(*(s.start for s in MASKED)) is None  # a masked pixel is no chip
+
+
+def test_the_index_picks_the_files_under_the_box_and_in_the_year(files, tmp_path):
+    """An index as the dataset's aef_index.parquet (GeoParquet: lon/lat footprint, year, path)."""
+    footprint = shapely.box(*transform_bounds(CRS, "OGC:CRS84", WEST, NORTH - HEIGHT * PIXEL, WEST + WIDTH * PIXEL,
+                                              NORTH))
+    far = shapely.box(10, 10, 11, 11)
+    index = geopandas.GeoDataFrame(
+        {"year": [2024, 2023, 2024], "path": [str(files["bottom_up"]), str(files["north_up"]), "/nowhere.tiff"],
+         "utm_zone": ["25S", "25S", "31N"]},
+        geometry=[footprint, footprint, far], crs="OGC:CRS84")
+    index.to_parquet(tmp_path / "aef_index.parquet")
+    box = ",".join(map(str, lonlat_box(10, 10, 20, 20)))
+    code, output = invoke("import", "aef", "--index", tmp_path / "aef_index.parquet", "--bbox", box, "--year", 2024,
+                          "--out", tmp_path / "out")
+    assert code == 0, output
+    assert [item.id for item in open_embeddings(tmp_path / "out")] == ["xflip-0000000000-0000000000-2024"]
+    code, output = invoke("import", "aef", "--index", tmp_path / "aef_index.parquet", "--bbox", "10.2,10.2,10.3,10.3",
+                          "--year", 2023, "--out", tmp_path / "out2")
+    assert code != 0 and "lists no file that meets the box" in output
+    code, output = invoke("import", "aef", "--index", tmp_path / "aef_index.parquet", "--out", tmp_path / "out3")
+    assert code != 0 and "--index needs --bbox" in output
+    code, output = invoke("import", "aef", "--out", tmp_path / "out4")
+    assert code != 0 and output.strip() == "stacembed: error: no AlphaEarth file given"
+
+
+def test_quicklooks_change_maps_and_the_map_page_take_the_imported_years(files, tmp_path):
+    """Two years of the same tile: quicklooks drawn, the change map is 1 - cos of the two years'
+    vectors (numpy), and the map page lists both items with their quicklooks."""
+    import threading
+    import urllib.request
+
+    from stacembed.web import make_server
+
+    later = quantized(seed=1)
+    after = write_aef(tmp_path / "2025" / "25S" / files["north_up"].name, later)
+    out = tmp_path / "out"
+    assert invoke("import", "aef", files["north_up"], after, "--out", out)[0] == 0
+    code, output = invoke("quicklook", out)
+    assert code == 0 and "quicklooks of 2 item(s) drawn" in output, output
+    code, output = invoke("change", out, "--before", "2024", "--after", "2025", "--out", out)
+    assert code == 0, output
+    (change_map,) = out.glob("change/*/*.tif")
+    with rasterio.open(change_map) as ds:
+        distance = ds.read(1)
+        assert ds.transform == Affine(PIXEL, 0, WEST, 0, -PIXEL, NORTH)
+    a, b = dequantized(files["q"]), dequantized(later)
+    expected = 1 - (a * b).sum(axis=0) / (np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0))
+    np.testing.assert_allclose(distance, expected, atol=1e-5)
+    assert np.isnan(distance[MASKED]).all()
+    server = make_server(out, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with urllib.request.urlopen(server.url + "api/items", timeout=30) as response:
+            features = json.loads(response.read())["features"]
+        assert sorted(f["properties"]["id"] for f in features) == [
+            "xnorth-0000000000-0000000000-2024", "xnorth-0000000000-0000000000-2025"]
+        with urllib.request.urlopen(server.url + features[0]["properties"]["quicklook"]["image"].lstrip("/"),
+                                    timeout=30) as response:
+            assert response.headers["Content-Type"] == "image/png" and response.read(8) == b"\x89PNG\r\n\x1a\n"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -13,7 +13,8 @@ as the dataset says. Without ``bbox`` the items reference the files where they a
 be north-up: a ``.vrt``, or a file already flipped); with ``bbox`` (lon/lat) each file's pixels
 under it are copied, values untouched and north-up, into a COG in the output tree, a strip of
 rows at a time (memory bounded by ``STRIP_BYTES``, not by the box). The year comes from
-``year`` or from the path (the dataset's ``<year>/<zone>/<file>`` layout).
+``year`` or from the path (the dataset's ``<year>/<zone>/<file>`` layout). ``index`` picks the
+files from the dataset's own index (``aef_index.parquet``: footprint, year and path per file).
 """
 
 from __future__ import annotations
@@ -83,11 +84,19 @@ class _Source:
 
 
 def import_aef(sources: Sequence[str], out: str | Path, *, bbox: Bbox | str | None = None, year: int | None = None,
-               collection_id: str = COLLECTION) -> AefImport:
-    """Describe the AEF files ``sources`` (paths or URLs) as collection ``collection_id`` under ``out``."""
-    if not sources:
-        raise ConfigError("no AlphaEarth file given")
+               index: str | None = None, collection_id: str = COLLECTION) -> AefImport:
+    """Describe the AEF files ``sources`` (paths or URLs) as collection ``collection_id`` under ``out``;
+    with ``index`` (the dataset's ``aef_index.parquet``, or a copy), also the files it lists
+    whose footprint meets ``bbox`` (needed then) in ``year`` (if given)."""
     box = parse_bbox(bbox) if bbox is not None else None
+    if index is not None:
+        if box is None:
+            raise ConfigError("--index needs --bbox: the box whose files to import")
+        sources = [*sources, *indexed_files(index, box, year)]
+    if not sources:
+        raise ConfigError("no AlphaEarth file given" if index is None else
+                          f"the index {index} lists no file that meets the box {list(box)}"
+                          f"{f' in {year}' if year is not None else ''}")
     output = DerivedOutput(Path(out), collection_id)
     output.check_free()
     opened = [_open(href, year) for href in sources]
@@ -129,6 +138,31 @@ LINKS = [{"rel": "emb:model", "href": "https://arxiv.org/abs/2507.22291", "type"
           "type": "text/html", "title": "AlphaEarth Foundations annual Satellite Embedding COGs"}]
 PROVIDERS = [{"name": "Google and Google DeepMind", "roles": ["producer", "licensor"],
               "url": "https://developers.google.com/earth-engine/datasets/catalog/GOOGLE_SATELLITE_EMBEDDING_V1_ANNUAL"}]
+
+
+def indexed_files(index: str, box: Bbox, year: int | None = None) -> list[str]:
+    """The ``path`` of each row of the AEF index (GeoParquet: ``geometry`` in lon/lat, ``year``,
+    ``path``) whose footprint meets the lon/lat ``box``, in ``year`` if given; read a row group
+    at a time."""
+    import pyarrow.parquet as pq
+
+    from ..embeddings import local_copy, read_errors
+
+    found: list[str] = []
+    area = shapely.box(*box)
+    with read_errors(index), local_copy(index) as path:
+        parquet = pq.ParquetFile(path)
+        missing = {"geometry", "year", "path"} - set(parquet.schema_arrow.names)
+        if missing:
+            raise ReadError(f"{index} is not an AlphaEarth index: no column {', '.join(sorted(missing))} "
+                            "(expected the dataset's aef_index.parquet: geometry, year, path)")
+        for batch in parquet.iter_batches(columns=["geometry", "year", "path"], batch_size=16_384):
+            footprints = shapely.from_wkb(batch.column("geometry").to_numpy(zero_copy_only=False))
+            keep = shapely.intersects(footprints, area)
+            if year is not None:
+                keep &= batch.column("year").to_numpy(zero_copy_only=False) == year
+            found += [p for p, kept in zip(batch.column("path").to_pylist(), keep, strict=True) if kept]
+    return found
 
 
 def _open(href: str, year: int | None) -> _Source:
