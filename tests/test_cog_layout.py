@@ -13,7 +13,7 @@ from rasterio.windows import Window
 from stacembed.chips import ChipBatch, ChipGrid
 from stacembed.grid import Grid
 from stacembed.writers import EmbeddingLayout, SourceInfo
-from stacembed.writers.cog import TILE_BYTES, CogWriter, _block
+from stacembed.writers.cog import TILE_BYTES, CogWriter, block_size
 
 SOURCE = SourceInfo("item", "collection", "2000-01-01T00:00:00Z", {})
 
@@ -28,7 +28,7 @@ SOURCE = SourceInfo("item", "collection", "2000-01-01T00:00:00Z", {})
     (3, 96, 4, 16),       # a tiny grid: one 16 px tile
 ])
 def test_tiles_fit_a_few_mib_of_all_bands_and_no_more_than_the_grid(size, bands, itemsize, side):
-    block = _block(size, bands, itemsize)
+    block = block_size(size, bands, itemsize)
     assert block == side and block % 16 == 0
     assert block * block * bands * itemsize <= TILE_BYTES or block == 16
 

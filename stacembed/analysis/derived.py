@@ -30,7 +30,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pystac
 import rasterio
-import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
@@ -40,7 +39,7 @@ from ..embeddings import EmbeddingItem, local_copy, read_errors
 from ..errors import StacembedError
 from ..grid import Grid
 from ..layout import CATALOG, OutputLayout, atomic_path, exclusive, multihash_sha256, safe_name, write_json
-from ..writers.cog import quiet_small_blocksize
+from ..writers.cog import copy_as_cog
 
 log = logging.getLogger("stacembed")
 
@@ -55,7 +54,6 @@ CATALOG_TITLE = "stacembed output"  # the root catalog's title (catalog.CATALOG_
 # The transform of two grids may differ by float rounding (a grid rebuilt from GeoParquet
 # bounds): within this fraction of a pixel they are the same grid.
 GRID_TOLERANCE = 1e-6
-OVERVIEW_ABOVE = 512  # as the embeddings COGs: overviews only for grids wider than this
 
 
 class AnalysisError(StacembedError):
@@ -281,18 +279,9 @@ def write_cog(path: Path, values: np.ndarray, grid: Grid, *, nodata: float, desc
             if colormap:
                 ds.write_colormap(1, colormap)
             ds.update_tags(SOFTWARE=f"stacembed {__version__}", **(tags or {}))
-        gdal_log = logging.getLogger("rasterio._env")
-        gdal_log.addFilter(quiet_small_blocksize)  # GDAL's advice for >= 128 px tiles: these grids are small
-        try:
-            with memory.open() as source, atomic_path(path) as tmp:
-                rasterio.shutil.copy(
-                    source, tmp, driver="COG", compress="DEFLATE", predictor="YES",
-                    blocksize=max(16, min(256, -(-size // 16) * 16)),
-                    overviews="AUTO" if size > OVERVIEW_ABOVE else "NONE",
-                    overview_resampling="nearest", bigtiff="IF_SAFER",
-                )
-        finally:
-            gdal_log.removeFilter(quiet_small_blocksize)
+        with memory.open() as source:
+            copy_as_cog(source, path, size=size, blocksize=max(16, min(256, -(-size // 16) * 16)),
+                        overview_resampling="nearest")
 
 
 def projection_fields(grid: Grid) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import rasterio
-import rasterio.shutil
 import shapely
 from affine import Affine
 from rasterio.warp import transform_bounds
@@ -41,8 +40,7 @@ from ..catalog import EMBEDDINGS
 from ..config import Bbox, parse_bbox
 from ..errors import ConfigError, ReadError
 from ..grid import Grid, crs84_transformer, raster_errors
-from ..layout import atomic_path
-from ..writers.cog import OVERVIEW_ABOVE, STRIP_BYTES, quiet_small_blocksize
+from ..writers.cog import STRIP_BYTES, block_size, copy_as_cog
 from ..writers.quantize import NODATA, SIGNED_SQUARE
 
 log = logging.getLogger("stacembed")
@@ -252,7 +250,8 @@ def _copy_window(source: _Source, window: Window, grid: Grid, path: Path) -> Non
                 if text:
                     dst.set_band_description(band, text)
             dst.update_tags(AEF_SOURCE=source.href, AEF_YEAR=str(source.year))
-        _to_cog(scratch, path, max(width, height))
+        size = max(width, height)
+        copy_as_cog(scratch, path, size=size, blocksize=block_size(size, DIMENSIONS, 1), overview_resampling="nearest")
     finally:
         scratch.unlink(missing_ok=True)
 
@@ -269,19 +268,6 @@ def _read_rows(src: rasterio.DatasetReader, source: _Source, window: Window, top
         stored = source.grid.height - first - count
         return src.read(window=Window(window.col_off, stored, window.width, count))[:, ::-1, :]
     return src.read(window=Window(window.col_off, first, window.width, count))
-
-
-def _to_cog(scratch: Path, path: Path, size: int) -> None:
-    gdal_log = logging.getLogger("rasterio._env")
-    gdal_log.addFilter(quiet_small_blocksize)
-    try:
-        with rasterio.open(scratch) as source, atomic_path(path) as tmp:
-            rasterio.shutil.copy(source, tmp, driver="COG", compress="DEFLATE", predictor="YES",
-                                 blocksize=256 if size > 256 else max(16, -(-size // 16) * 16),
-                                 overviews="AUTO" if size > OVERVIEW_ABOVE else "NONE",
-                                 overview_resampling="nearest", bigtiff="IF_SAFER")
-    finally:
-        gdal_log.removeFilter(quiet_small_blocksize)
 
 
 def _footprint(grid: Grid) -> Any:

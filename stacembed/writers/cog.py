@@ -31,7 +31,7 @@ from .base import EmbeddingLayout, SourceInfo
 from .quantize import NODATA, Quantization, RangeTracker
 
 STRIP_BYTES = 16 * 2**20
-TILE_BYTES = 4 * 2**20  # uncompressed bytes of one COG tile, all bands (see ``_block``)
+TILE_BYTES = 4 * 2**20  # uncompressed bytes of one COG tile, all bands (see ``block_size``)
 # Overviews only for grids wider than this (where COG validators ask for them): below it a
 # tile or a few cover the item, and overviews tripled the conversion time (512 bands, 64 px grid).
 OVERVIEW_ABOVE = 512
@@ -116,21 +116,11 @@ class CogWriter:
             quantization = Quantization.fit(self.ranges, self.embedding.quantization)
             source = self._quantized(quantization)
             properties["emb:quantization"] = quantization.to_stac(self.embedding.quantization)
-        gdal_log = logging.getLogger("rasterio._env")
-        gdal_log.addFilter(quiet_small_blocksize)
-        try:
-            with atomic_path(self.path) as tmp:
-                rasterio.shutil.copy(
-                    source, tmp, driver="COG", compress="DEFLATE", predictor="YES",
-                    blocksize=_block(max(self.grid.width, self.grid.height), self.embedding.dimensions,
-                                     np.dtype("int8" if self.ranges is not None else "float32").itemsize),
-                    overviews="AUTO" if max(self.grid.width, self.grid.height) > OVERVIEW_ABOVE else "NONE",
-                    bigtiff="IF_SAFER",
-                    # the item's forward passes are over: compress its tiles on every core
-                    num_threads="ALL_CPUS",
-                )
-        finally:
-            gdal_log.removeFilter(quiet_small_blocksize)
+        size = max(self.grid.width, self.grid.height)
+        itemsize = np.dtype("int8" if self.ranges is not None else "float32").itemsize
+        # the item's forward passes are over: compress its tiles on every core
+        copy_as_cog(source, self.path, size=size, blocksize=block_size(size, self.embedding.dimensions, itemsize),
+                    num_threads="ALL_CPUS")
         for scratch in {self.scratch, source}:
             os.unlink(scratch)
         return properties
@@ -163,7 +153,21 @@ class CogWriter:
         return target
 
 
-def _block(size: int, bands: int, itemsize: int) -> int:
+def copy_as_cog(source, path: Path, *, size: int, blocksize: int, **options) -> None:
+    """``source`` (a dataset or a path) copied to ``path``, atomically, as a COG: DEFLATE with the
+    predictor for its type, ``blocksize`` px tiles, overviews when ``size`` (its larger side)
+    exceeds ``OVERVIEW_ABOVE``; ``options`` go to GDAL's COG driver."""
+    gdal_log = logging.getLogger("rasterio._env")
+    gdal_log.addFilter(quiet_small_blocksize)  # GDAL's advice for >= 128 px tiles: small grids have smaller ones
+    try:
+        with atomic_path(path) as tmp:
+            rasterio.shutil.copy(source, tmp, driver="COG", compress="DEFLATE", predictor="YES", blocksize=blocksize,
+                                 overviews="AUTO" if size > OVERVIEW_ABOVE else "NONE", bigtiff="IF_SAFER", **options)
+    finally:
+        gdal_log.removeFilter(quiet_small_blocksize)
+
+
+def block_size(size: int, bands: int, itemsize: int) -> int:
     """COG tile side in pixels: 256 at most, a multiple of 16 (GDAL's rule), 16 at least.
 
     Tiles hold every band of their pixels (the COG driver interleaves by pixel), so that a
@@ -183,7 +187,7 @@ def _nothing(record: logging.LogRecord) -> bool:
 
 def quiet_small_blocksize(record: logging.LogRecord) -> bool:
     """Drop GDAL's advice that COG tiles be >= 128 px: it honours smaller ones, which suit
-    embedding grids of a few dozen pixels (see ``_block``)."""
+    embedding grids of a few dozen pixels (see ``block_size``)."""
     return "BLOCKSIZE" not in record.getMessage()
 
 
