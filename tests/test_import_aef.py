@@ -302,3 +302,32 @@ def test_quicklooks_change_maps_and_the_map_page_take_the_imported_years(files, 
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_files_and_index_over_http_are_read_by_ranges(files, tmp_path, monkeypatch):
+    """An in-place item names the file's URL, and GDAL reads a window of it by byte ranges; the
+    index is fetched over http(s) as well."""
+    from range_http import loopback_environment, serve
+
+    loopback_environment(monkeypatch)
+    root = files["north_up"].parents[3]  # .../v1/annual/2024/25S/file -> served from v1/
+    footprint = shapely.box(*transform_bounds(CRS, "OGC:CRS84", WEST, NORTH - HEIGHT * PIXEL, WEST + WIDTH * PIXEL,
+                                              NORTH))
+    with serve(root) as (url, log):
+        geopandas.GeoDataFrame({"year": [2024], "path": [f"{url}/annual/2024/25S/{files['bottom_up'].name}"]},
+                               geometry=[footprint], crs="OGC:CRS84").to_parquet(root / "aef_index.parquet")
+        remote = f"{url}/annual/2024/25S/{files['north_up'].name}"
+        assert invoke("import", "aef", remote, "--out", tmp_path / "in-place")[0] == 0
+        (item,) = open_embeddings(tmp_path / "in-place")
+        assert item.hrefs["geotiff"] == remote
+        log.clear()
+        values, _, _ = item.array(window=Window(100, 50, 7, 5))
+        np.testing.assert_array_equal(values, dequantized(files["q"][:, 50:55, 100:107]))
+        assert log and all(rng for method, path, rng in log if method == "GET"), log  # ranges, never the file
+        box = ",".join(map(str, lonlat_box(10, 10, 20, 20)))
+        code, output = invoke("import", "aef", "--index", f"{url}/aef_index.parquet", "--bbox", box,
+                              "--out", tmp_path / "box")
+        assert code == 0, output
+    (item,) = open_embeddings(tmp_path / "box")
+    col0, row0, col1, row1 = expected_window(lonlat_box(10, 10, 20, 20))
+    np.testing.assert_array_equal(item.array()[0], dequantized(files["q"][:, row0:row1, col0:col1]))
