@@ -270,6 +270,14 @@ class EmbeddingItem:
             nothing = np.zeros(0, "int64")
             return _CogChips.of(ds, self).batch(nothing, nothing, self._cog_names(columns)).schema
 
+    def cog_chips(self, rows: np.ndarray, cols: np.ndarray, columns: Sequence[str] | None = None) -> pa.RecordBatch:
+        """The chip rows (``columns`` of ``COG_COLUMNS``, all when None) of the COG's pixels at
+        ``rows``, ``cols``, as ``iter_chips`` gives them: e.g. the footprints of a few chips
+        chosen from batches read without them."""
+        href = self._href("geotiff")
+        with read_errors(href), rasterio.open(href) as ds:
+            return _CogChips.of(ds, self).batch(np.asarray(rows), np.asarray(cols), self._cog_names(columns))
+
     def _cog_batches(self, batch_rows: int, columns: Sequence[str] | None,
                      bbox: Sequence[float] | None) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
         """The chips of the COG (of the pixels near ``bbox``), a window of at most ``batch_rows`` pixels at a time."""
@@ -389,8 +397,8 @@ class _CogChips:
         around as a chip reaches past its pixel; None when none."""
         touched = _bbox_window(ds, bbox)
         full = Window(0, 0, ds.width, ds.height)
-        if touched is None:  # not placeable in the COG's CRS: read all, the footprints decide
-            return full
+        if touched is None:
+            return None
         margin = 1 + math.ceil((self.size - self.stride) / 2 / self.stride)
         grown = Window(touched.col_off - margin, touched.row_off - margin, touched.width + 2 * margin,
                        touched.height + 2 * margin)
@@ -517,11 +525,23 @@ def _window(ds: rasterio.DatasetReader, window: Window | None, bbox: Sequence[fl
 
 
 def _bbox_window(ds: rasterio.DatasetReader, bbox: Sequence[float]) -> Window | None:
-    """The pixels (unclipped) that ``bbox`` (lon/lat) touches; None when it has no finite
-    bounds in the COG's CRS."""
-    bounds = transform_bounds(CRS.from_user_input("OGC:CRS84"), ds.crs, *bbox)
+    """The pixels (unclipped) that ``bbox`` (lon/lat) touches; None when it touches none.
+
+    The box is first cut to the raster's own lon/lat bounds, so that a box reaching far past the
+    domain of the COG's CRS (a continent, or the world, around a UTM grid) is not bent out of shape
+    by the projection (the world's box projected to UTM covered 8 of a grid's 100 pixels). Where
+    the box has no finite bounds in the COG's CRS, all of it: the footprints decide.
+    """
+    crs84 = CRS.from_user_input("OGC:CRS84")
+    west, south, east, north = bbox
+    reach = transform_bounds(ds.crs, crs84, *ds.bounds, densify_pts=21)
+    if reach[0] <= reach[2]:  # not across the antimeridian: cut the box to the raster's reach
+        west, south, east, north = max(west, reach[0]), max(south, reach[1]), min(east, reach[2]), min(north, reach[3])
+        if west > east or south > north:
+            return None
+    bounds = transform_bounds(crs84, ds.crs, west, south, east, north, densify_pts=21)
     if not all(math.isfinite(v) for v in bounds):
-        return None
+        return Window(0, 0, ds.width, ds.height)
     (top, bottom), (left, right) = from_bounds(*bounds, transform=ds.transform).toranges()
     col, row = math.floor(left), math.floor(top)
     return Window(col, row, math.ceil(right) - col, math.ceil(bottom) - row)

@@ -237,6 +237,30 @@ def test_similar_finds_patches_of_a_dense_catalog(runs, tmp_path):
     assert set(search_metadata(table)["search"].values()) == {"index"} and keys(table)[0] == ("item-1", *key)
 
 
+def test_a_dense_search_reprojects_the_footprints_of_the_kept_chips_only(runs, monkeypatch):
+    """Footprints of a COG's chips are computed (reprojected, densified) for the chips the top-k
+    keeps, not for every patch scanned; the results are those of the scan that computes them all
+    (a --bbox covering the catalog needs every footprint for its filter)."""
+    from stacembed.grid import Grid
+
+    vectors, _ = patches(runs["dense"], "item-1")
+    footprints = Grid.footprints
+    asked = []
+    monkeypatch.setattr(Grid, "footprints",
+                        lambda self, cols, rows, size: asked.append(len(np.atleast_1d(cols))) or
+                        footprints(self, cols, rows, size))
+    key = list(vectors)[4]
+    lazy = similar(runs["dense"], Query.from_chip("item-1", *key), k=3)
+    lazily = sum(asked)
+    asked.clear()
+    # The world's box: projected to the items' UTM zone as it was, it met 8 of the 100 patches.
+    everywhere = similar(runs["dense"], Query.from_chip("item-1", *key), k=3, bbox=[-180, -90, 180, 90])
+    total = sum(len(patches(runs["dense"], i)[0]) for i in ("item-0", "item-1"))
+    assert search_metadata(lazy)["chips_searched"] == search_metadata(everywhere)["chips_searched"] == total
+    assert lazy.equals(everywhere.replace_schema_metadata(lazy.schema.metadata))
+    assert sum(asked) >= total > 3 * lazily
+
+
 def test_a_geotiff_only_catalog_searches_like_its_geoparquet(runs, tmp_path):
     tiff = without_geoparquet(runs["float32"], tmp_path / "tiff")
     assert all(list(item.hrefs) == ["geotiff"] for item in open_embeddings(tiff))
