@@ -184,6 +184,7 @@ def test_similarity_search_and_clusters_run_on_the_imported_pixels(files, tmp_pa
     ("no_year", [], "no year in"),
     ("north_up", ["--bbox", "10,10,11,11"], "none of the 1 file(s) has a pixel in the box"),
     ("missing", [], "cannot open AlphaEarth file"),
+    ("twice", [], "would both be item 'xnorth-0000000000-0000000000-2024': give each file once"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(files, tmp_path, make, args, message):
     if make == "rgb":
@@ -196,6 +197,8 @@ def test_bad_input_is_one_line_and_writes_nothing(files, tmp_path, make, args, m
         source = write_aef(tmp_path / "tiles" / "x.tiff", files["q"])
     elif make == "missing":
         source = tmp_path / "2024" / "missing.tiff"
+    elif make == "twice":
+        source, args = files["north_up"], [files["north_up"]]
     else:
         source = files[make]
     code, output = invoke("import", "aef", source, "--out", tmp_path / "out", *args)

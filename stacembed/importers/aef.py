@@ -80,6 +80,20 @@ class _Source:
         stem = os.path.basename(self.href.rstrip("/")).split("?")[0]
         return re.sub(r"\.(tiff?|vrt)$", "", stem, flags=re.I)
 
+    @property
+    def item_id(self) -> str:
+        return f"{self.name}-{self.year}"
+
+
+_ASSET_TITLE = "AlphaEarth embeddings (COG, 64 int8 bands A00..A63, signed-square quantization)"
+# The Embeddings extension asks each collection for its model and its source data.
+LINKS = [{"rel": "emb:model", "href": "https://arxiv.org/abs/2507.22291", "type": "text/html",
+          "title": "AlphaEarth Foundations (Brown et al. 2025)"},
+         {"rel": "emb:source-data", "href": "https://developers.google.com/earth-engine/guides/aef_on_gcs_readme",
+          "type": "text/html", "title": "AlphaEarth Foundations annual Satellite Embedding COGs"}]
+PROVIDERS = [{"name": "Google and Google DeepMind", "roles": ["producer", "licensor"],
+              "url": "https://developers.google.com/earth-engine/datasets/catalog/GOOGLE_SATELLITE_EMBEDDING_V1_ANNUAL"}]
+
 
 def import_aef(sources: Sequence[str], out: str | Path, *, bbox: Bbox | str | None = None, year: int | None = None,
                index: str | None = None, collection_id: str = COLLECTION) -> AefImport:
@@ -87,23 +101,9 @@ def import_aef(sources: Sequence[str], out: str | Path, *, bbox: Bbox | str | No
     with ``index`` (the dataset's ``aef_index.parquet``, or a copy), also the files it lists
     whose footprint meets ``bbox`` (needed then) in ``year`` (if given)."""
     box = parse_bbox(bbox) if bbox is not None else None
-    if index is not None:
-        if box is None:
-            raise ConfigError("--index needs --bbox: the box whose files to import")
-        sources = [*sources, *indexed_files(index, box, year)]
-    if not sources:
-        raise ConfigError("no AlphaEarth file given" if index is None else
-                          f"the index {index} lists no file that meets the box {list(box)}"
-                          f"{f' in {year}' if year is not None else ''}")
     output = DerivedOutput(Path(out), collection_id)
     output.check_free()
-    opened = [_open(href, year) for href in sources]
-    if box is None:
-        flipped = [s.href for s in opened if s.bottom_up]
-        if flipped:
-            raise ConfigError(f"{flipped[0]} is stored bottom-up (positive y resolution): reference its north-up "
-                              ".vrt instead (Source Cooperative ships one beside each file), or give --bbox to "
-                              "copy the pixels of a box north-up")
+    opened = _opened(_sources(sources, box, year, index), box, year)
     written, skipped = [], []
     with output.writing():
         for source in opened:
@@ -115,6 +115,7 @@ def import_aef(sources: Sequence[str], out: str | Path, *, bbox: Bbox | str | No
             written.append(_add_item(output, source, window, copy=box is not None))
         if not written:
             raise ConfigError(f"none of the {len(opened)} file(s) has a pixel in the box {list(box)}")
+        gsds = {source.grid.resolution[0] for source in opened}
         output.write_collection(
             title="AlphaEarth Foundations annual satellite embeddings",
             description=f"AlphaEarth Foundations annual Satellite Embedding COGs (64 dimensions, 10 m), described "
@@ -122,20 +123,40 @@ def import_aef(sources: Sequence[str], out: str | Path, *, bbox: Bbox | str | No
             extensions=[EMBEDDINGS, PROJECTION, FILE, ITEM_ASSETS],
             item_assets={"embeddings": {"type": COG, "roles": ["data", "embeddings"], "title": _ASSET_TITLE}},
             extra={"license": LICENSE, "providers": PROVIDERS, "emb:type": "pixel", "emb:dimensions": DIMENSIONS,
-                   "data_type": "int8", "gsd": 10.0},
+                   "data_type": "int8", **({"gsd": gsds.pop()} if len(gsds) == 1 else {})},
             links=LINKS,
         )
     return AefImport(output.catalog_file, written, skipped)
 
 
-_ASSET_TITLE = "AlphaEarth embeddings (COG, 64 int8 bands A00..A63, signed-square quantization)"
-# The Embeddings extension asks each collection for its model and its source data.
-LINKS = [{"rel": "emb:model", "href": "https://arxiv.org/abs/2507.22291", "type": "text/html",
-          "title": "AlphaEarth Foundations (Brown et al. 2025)"},
-         {"rel": "emb:source-data", "href": "https://developers.google.com/earth-engine/guides/aef_on_gcs_readme",
-          "type": "text/html", "title": "AlphaEarth Foundations annual Satellite Embedding COGs"}]
-PROVIDERS = [{"name": "Google and Google DeepMind", "roles": ["producer", "licensor"],
-              "url": "https://developers.google.com/earth-engine/datasets/catalog/GOOGLE_SATELLITE_EMBEDDING_V1_ANNUAL"}]
+def _sources(sources: Sequence[str], box: Bbox | None, year: int | None, index: str | None) -> list[str]:
+    """The files given, and those of ``index`` under ``box`` (in ``year``)."""
+    if index is not None:
+        if box is None:
+            raise ConfigError("--index needs --bbox: the box whose files to import")
+        sources = [*sources, *indexed_files(index, box, year)]
+    if not sources:
+        raise ConfigError("no AlphaEarth file given" if index is None else
+                          f"the index {index} lists no file that meets the box {list(box)}"
+                          f"{f' in {year}' if year is not None else ''}")
+    return list(sources)
+
+
+def _opened(sources: Sequence[str], box: Bbox | None, year: int | None) -> list[_Source]:
+    """Each file checked and read; one item id per file; north-up unless a box is copied."""
+    opened, ids = [], {}
+    for href in sources:
+        source = _open(href, year)
+        if source.item_id in ids:
+            raise ConfigError(f"{ids[source.item_id]} and {href} would both be item {source.item_id!r}: "
+                              "give each file once (a .tiff or its .vrt)")
+        if box is None and source.bottom_up:
+            raise ConfigError(f"{href} is stored bottom-up (positive y resolution): reference its north-up "
+                              ".vrt instead (Source Cooperative ships one beside each file), or give --bbox to "
+                              "copy the pixels of a box north-up")
+        ids[source.item_id] = href
+        opened.append(source)
+    return opened
 
 
 def indexed_files(index: str, box: Bbox, year: int | None = None) -> list[str]:
@@ -202,7 +223,7 @@ def _window(source: _Source, box: Bbox) -> Window | None:
 
 
 def _add_item(output: DerivedOutput, source: _Source, window: Window, *, copy: bool) -> str:
-    item_id = f"{source.name}-{source.year}"
+    item_id = source.item_id
     grid = Grid(source.grid.crs, source.grid.transform * Affine.translation(window.col_off, window.row_off),
                 int(window.width), int(window.height))
     if copy:
