@@ -45,20 +45,19 @@ from .grid import Grid
 from .layout import OutputLayout, catalog_file, multihash_sha256, write_bytes, write_json
 from .models import ModelCard
 from .models.card import weights_asset
+from .stac import (
+    CATALOG_TITLE,
+    EMBEDDINGS,
+    FILE,
+    ITEM_ASSETS,
+    MEDIA_TYPES,
+    MLM,
+    PROCESSING,
+    PROJECTION,
+    STAC_VERSION,
+)
 from .writers import EmbeddingLayout
 
-STAC_VERSION = "1.0.0"
-EMBEDDINGS = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
-PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
-FILE = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
-PROCESSING = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
-ITEM_ASSETS = "https://stac-extensions.github.io/item-assets/v1.0.0/schema.json"
-MLM = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
-MEDIA_TYPES = {
-    "geoparquet": "application/vnd.apache.parquet",
-    "geotiff": "image/tiff; application=geotiff; profile=cloud-optimized",
-}
-CATALOG_TITLE = "stacembed output"
 # Extensions whose fields stacembed writes (or drops) itself: a source's declaration is not kept.
 _OWN_EXTENSIONS = {"embeddings", "projection", "file", "processing", "item-assets"}
 # Field prefixes of extensions not named by their prefix, and extensions with unprefixed fields.

@@ -28,12 +28,8 @@ from tqdm import tqdm
 from ..embeddings import EmbeddingItem, open_embeddings
 from ..errors import ConfigError
 from ..grid import Grid
+from ..stac import COG, FILE, ITEM_ASSETS, PROCESSING, PROJECTION
 from .derived import (
-    COG,
-    FILE,
-    ITEM_ASSETS,
-    PROCESSING,
-    PROJECTION,
     AnalysisError,
     DerivedOutput,
     catalog_href,

@@ -40,14 +40,9 @@ from tqdm import tqdm
 from ..embeddings import EmbeddingItem, is_url, local_copy, open_embeddings, read_errors
 from ..errors import ConfigError, ReadError
 from ..grid import Grid
+from ..stac import COG, FILE, ITEM_ASSETS, PARQUET, PROCESSING, PROJECTION
 from .chipmap import Layer, map_chips
 from .derived import (
-    COG,
-    FILE,
-    ITEM_ASSETS,
-    PARQUET,
-    PROCESSING,
-    PROJECTION,
     AnalysisError,
     DerivedOutput,
     NoChipError,

@@ -39,18 +39,11 @@ from ..embeddings import EmbeddingItem, local_copy, read_errors
 from ..errors import StacembedError
 from ..grid import Grid
 from ..layout import CATALOG, OutputLayout, atomic_path, exclusive, multihash_sha256, safe_name, write_json
+from ..stac import CATALOG_TITLE, STAC_VERSION
 from ..writers.cog import copy_as_cog
 
 log = logging.getLogger("stacembed")
 
-STAC_VERSION = "1.0.0"  # as every document stacembed writes (see catalog.py)
-PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
-FILE = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
-PROCESSING = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
-ITEM_ASSETS = "https://stac-extensions.github.io/item-assets/v1.0.0/schema.json"
-COG = "image/tiff; application=geotiff; profile=cloud-optimized"
-PARQUET = "application/vnd.apache.parquet"
-CATALOG_TITLE = "stacembed output"  # the root catalog's title (catalog.CATALOG_TITLE)
 # The transform of two grids may differ by float rounding (a grid rebuilt from GeoParquet
 # bounds): within this fraction of a pixel they are the same grid.
 GRID_TOLERANCE = 1e-6

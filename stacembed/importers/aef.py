@@ -35,11 +35,11 @@ from affine import Affine
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from ..analysis.derived import COG, FILE, ITEM_ASSETS, PROJECTION, DerivedOutput, file_asset, projection_fields
-from ..catalog import EMBEDDINGS
+from ..analysis.derived import DerivedOutput, file_asset, projection_fields
 from ..config import Bbox, parse_bbox
 from ..errors import ConfigError, ReadError
 from ..grid import Grid, crs84_transformer, raster_errors
+from ..stac import COG, EMBEDDINGS, FILE, ITEM_ASSETS, PROJECTION
 from ..writers.cog import STRIP_BYTES, block_size, copy_as_cog
 from ..writers.quantize import NODATA, SIGNED_SQUARE
 

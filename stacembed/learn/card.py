@@ -19,10 +19,11 @@ import torch
 
 from .._version import __version__
 from ..access import redact
-from ..analysis.derived import FILE, describe_model, file_asset, iso, time_range
+from ..analysis.derived import describe_model, file_asset, iso, time_range
 from ..embeddings import EmbeddingItem
 from ..errors import ModelError
 from ..layout import write_json
+from ..stac import FILE
 from .heads import Head, load_head
 from .labels import LabelClass
 

@@ -26,12 +26,6 @@ from tqdm.auto import tqdm
 from ..analysis.chipmap import ChipMaps, Layer, map_chips
 from ..analysis.cluster import palette
 from ..analysis.derived import (
-    COG,
-    FILE,
-    ITEM_ASSETS,
-    PARQUET,
-    PROCESSING,
-    PROJECTION,
     DerivedOutput,
     NoChipError,
     catalog_href,
@@ -49,6 +43,7 @@ from ..analysis.derived import (
 from ..config import RunConfig
 from ..embeddings import BATCH_ROWS, EmbeddingItem, open_embeddings
 from ..grid import Grid
+from ..stac import COG, FILE, ITEM_ASSETS, PARQUET, PROCESSING, PROJECTION
 from .card import CARD_FILE, CLASSIFICATION, check_fits, classes_of, read_head
 from .heads import Head
 from .segment import fine_grid, tiles_of
