@@ -54,6 +54,7 @@ except ImportError:  # pragma: no cover - a rasterio that moved them
 
 log = logging.getLogger("stacembed")
 RASTER_ERRORS = (rasterio.errors.RasterioError, CPLE_BaseError)
+STRAIGHT_BELOW = 50.0  # metres: footprints narrower than this are not densified (``Grid._bends``)
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,21 @@ class Grid:
         native = shapely.box(bounds[:, 0], bounds[:, 1], bounds[:, 2], bounds[:, 3])
         if not self.placed:
             return Footprints(bounds, native, native, bounds)
-        dense = shapely.segmentize(native, size * abs(self.transform.a) / 8) if len(native) else native
+        side = size * abs(self.transform.a)
+        dense = shapely.segmentize(native, side / 8) if len(native) and self._bends(side) else native
         to_crs84 = crs84_transformer(self.crs.to_wkt())
         crs84 = shapely.transform(dense, lambda xy: np.column_stack(to_crs84.transform(xy[:, 0], xy[:, 1])))
         return Footprints(bounds, native, crs84, shapely.bounds(crs84).reshape(-1, 4))
+
+    def _bends(self, side: float) -> bool:
+        """Whether a footprint ``side`` CRS units wide needs its edges densified to keep its shape in
+        lon/lat: a straight edge of L metres departs from its true path by about
+        L² tan(lat) / (8 R), under half a millimetre for ``STRAIGHT_BELOW`` (50 m) up to UTM's 84°,
+        so the corners alone place smaller footprints (a dense item's pixels) as exactly."""
+        if self.crs.is_geographic:
+            return True
+        _, metres = self.crs.linear_units_factor
+        return side * metres > STRAIGHT_BELOW
 
     def check_north_up(self, what: str) -> None:
         if not self.placed:  # pixel/line coordinates: rows go down by definition
