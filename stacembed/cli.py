@@ -561,11 +561,14 @@ def quicklook_command(ctx: click.Context, catalog: str, refit: bool, sample: int
                    "centroids.parquet, collection.json or --out directory.")
 @click.option("--batch-rows", type=int, default=4096, show_default=True, help="Vectors read and fitted at a time.")
 @click.option("--output-collection", help="Id of the output collection (default: clusters-k<K>).")
+@click.option("--no-table", "no_table", is_flag=True,
+              help="Class maps only, no table of every chip with its footprint (dense embeddings: a row per pixel).")
 @click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 @click.pass_context
 def cluster_command(ctx: click.Context, catalog: str, k: int | None, out: str, seed: int, apply_href: str | None,
-                    batch_rows: int, output_collection: str | None, verbose: int, quiet: bool) -> None:
+                    batch_rows: int, output_collection: str | None, no_table: bool, verbose: int,
+                    quiet: bool) -> None:
     """Cluster the embeddings of CATALOG (k-means, streamed) into class maps published as STAC.
 
     CATALOG is a `stacembed run` output directory, its catalog.json, a collection.json or an item
@@ -578,7 +581,7 @@ def cluster_command(ctx: click.Context, catalog: str, k: int | None, out: str, s
     from .analysis.cluster import cluster_catalog
 
     result = cluster_catalog(catalog, out=out, k=k, seed=seed, centroids=apply_href, batch_rows=batch_rows,
-                             output_collection=output_collection, progress=_progress(quiet))
+                             output_collection=output_collection, progress=_progress(quiet), table=not no_table)
     if not quiet:
         click.echo(f"{result.chips} chips of {len(result.items)} item(s) in {result.centroids.k} clusters; "
                    f"centroids: {result.centroids_file}; catalog: {result.catalog}")

@@ -245,6 +245,25 @@ def test_the_command_line_reports_what_it_wrote(runs, tmp_path, cli):
             np.testing.assert_array_equal(a.read(), b.read())
 
 
+def test_no_table_writes_the_same_class_maps_and_no_chip_table(runs, tmp_path, cli):
+    """--no-table: class maps only (equal to those written with the table), no Parquet file, no
+    labels asset, and the collection declares none; still valid STAC."""
+    with_table, without = tmp_path / "with", tmp_path / "without"
+    assert cli("cluster", runs["synthetic"], "--k", "3", "--out", with_table, "-q").exit_code == 0
+    result = cli("cluster", runs["synthetic"], "--k", "3", "--out", without, "--no-table")
+    assert result.exit_code == 0, result.output
+    assert " in 3 clusters; centroids: " in result.stdout
+    maps = class_maps(with_table)
+    assert maps and {name: m.tobytes() for name, m in class_maps(without).items()} == \
+           {name: m.tobytes() for name, m in maps.items()}
+    assert [p.name for p in without.rglob("*.parquet")] == ["centroids.parquet"]
+    for item_file in (without / "clusters-k3").glob("*/*.json"):
+        assert set(json.loads(item_file.read_text())["assets"]) == {"classes"}
+    collection = json.loads((without / "clusters-k3" / "collection.json").read_text())
+    assert set(collection["item_assets"]) == {"classes"}
+    assert [r.line(strict=True) for r in validate_paths([without / "catalog.json"]) if r.line(strict=True)] == []
+
+
 def test_api_errors_are_stacembed_errors(runs, tmp_path):
     with pytest.raises(ConfigError):
         cluster_catalog(runs["sample"], k=0, out=tmp_path, progress=False)

@@ -26,6 +26,7 @@ from ..grid import Grid
 
 # What a chip's row keeps of its embeddings row: where it is, what it was cut from, when.
 KEPT_COLUMNS = ("id", "geometry", "bbox", "chip_row", "chip_col", "source_item", "source_collection", "datetime")
+PLACE_COLUMNS = ("chip_row", "chip_col")  # what painting the maps needs
 
 Compute = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 
@@ -50,25 +51,29 @@ class ChipMaps:
     chips: int
 
 
-def map_chips(item: EmbeddingItem, grid: Grid, table_path: Path, compute: Compute, *, layers: Sequence[Layer],
-              columns: Mapping[str, pa.DataType], batch_rows: int, on_batch: Callable[[int], Any] = lambda n: None,
-              ) -> ChipMaps:
+def map_chips(item: EmbeddingItem, grid: Grid, table_path: Path | None, compute: Compute, *,
+              layers: Sequence[Layer], columns: Mapping[str, pa.DataType], batch_rows: int,
+              on_batch: Callable[[int], Any] = lambda n: None) -> ChipMaps:
     """Compute every chip's values of ``item``; paint ``layers`` onto ``grid``; write the chips'
-    ``KEPT_COLUMNS`` and the computed ``columns`` (name -> Arrow type) to ``table_path``."""
+    ``KEPT_COLUMNS`` and the computed ``columns`` (name -> Arrow type) to ``table_path``
+    (None: the maps only, and the chips' footprints are never computed)."""
     maps = {layer.column: np.full((layer.bands, grid.height, grid.width), layer.nodata, layer.dtype)
             for layer in layers}
-    table = _Table(table_path, columns)
+    table = _Table(table_path, columns) if table_path is not None else None
     chips = 0
     try:
-        for batch, vectors in item.iter_chips(batch_rows, columns=KEPT_COLUMNS):
+        for batch, vectors in item.iter_chips(batch_rows, columns=KEPT_COLUMNS if table else PLACE_COLUMNS):
             values = compute(vectors)
             _paint(maps, batch, values, grid)
-            table.write(batch, values)
+            if table:
+                table.write(batch, values)
             chips += len(vectors)
             on_batch(len(vectors))
-        table.finish(item)
+        if table:
+            table.finish(item)
     finally:
-        table.close()
+        if table:
+            table.close()
     return ChipMaps(maps, chips)
 
 

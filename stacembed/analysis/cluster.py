@@ -173,10 +173,12 @@ def cluster_catalog(
     batch_rows: int = BATCH_ROWS,
     output_collection: str | None = None,
     progress: bool = True,
+    table: bool = True,
 ) -> ClusterResult:
     """Cluster the chip embeddings of ``catalog`` into ``k`` clusters and publish the class maps
     under ``out`` (see the module's description); ``centroids`` (stored centroids, or where
-    they are) labels with those instead of fitting."""
+    they are) labels with those instead of fitting. ``table`` False: the class maps only, no
+    table of every chip (dense embeddings hold millions of pixels)."""
     items = list(open_embeddings(catalog))
     what = f"catalog {catalog}"
     model = one_model(items, what)
@@ -195,10 +197,10 @@ def cluster_catalog(
     fitted = given or fit_centroids(items, k, seed=seed, batch_rows=batch_rows, progress=progress, model=model)
     source = centroids if given is not None else None
     with output.writing():
-        chips = _label_items(output, items, fitted, batch_rows=batch_rows, progress=progress)
+        chips = _label_items(output, items, fitted, batch_rows=batch_rows, progress=progress, table=table)
         centroids_path = output.staging / CENTROIDS_FILE
         fitted.write(centroids_path)
-        _write_collection(output, fitted, catalog, source, centroids_path)
+        _write_collection(output, fitted, catalog, source, centroids_path, table)
     return ClusterResult(output.catalog_file, output.layout.collection_file, tuple(i["id"] for i in output.items),
                          chips, fitted, output.layout.collection_dir / CENTROIDS_FILE)
 
@@ -315,8 +317,8 @@ def _chunks(batches: Iterator[np.ndarray], rows: int) -> Iterator[np.ndarray]:
 
 
 def _label_items(output: DerivedOutput, items: Sequence[EmbeddingItem], centroids: Centroids, *,
-                 batch_rows: int, progress: bool) -> int:
-    """The labelling pass: a class map, a labels table and an item per embedding item."""
+                 batch_rows: int, progress: bool, table: bool = True) -> int:
+    """The labelling pass: a class map, a labels table (if ``table``) and an item per embedding item."""
     ids = unique_ids(items)
     chips = 0
     with tqdm(total=_chip_count(items), desc="labelling chips", unit="chip", disable=not progress) as bar:
@@ -327,29 +329,30 @@ def _label_items(output: DerivedOutput, items: Sequence[EmbeddingItem], centroid
             except NoChipError as exc:
                 log.warning("%s: no class map for it", exc)
                 continue
-            made = map_chips(item, grid, output.asset_path(item_id, "geoparquet"),
+            made = map_chips(item, grid, output.asset_path(item_id, "geoparquet") if table else None,
                              lambda vectors: {"cluster": centroids.label(vectors)},
                              layers=[Layer("cluster", "uint8", NODATA)], columns={"cluster": pa.uint8()},
                              batch_rows=batch_rows, on_batch=bar.update)
             chips += made.chips
-            _write_item(output, item_id, item, centroids, grid, made.maps["cluster"][0])
+            _write_item(output, item_id, item, centroids, grid, made.maps["cluster"][0], table)
     return chips
 
 
 def _write_item(output: DerivedOutput, item_id: str, item: EmbeddingItem, centroids: Centroids, grid: Grid,
-                classes: np.ndarray) -> None:
+                classes: np.ndarray, table: bool) -> None:
     counts = np.bincount(classes[classes != NODATA], minlength=centroids.k)[: centroids.k]
     map_path = output.asset_path(item_id, "geotiff")
     write_cog(map_path, classes, grid, nodata=NODATA, colormap=colormap(centroids.k),
               description=f"cluster (k-means, k={centroids.k}; {NODATA}: no chip)",
               tags={"STAC_ITEM_ID": item_id, "DERIVED_FROM": item.id})
-    labels_path = output.asset_path(item_id, "geoparquet")
     assets = {
         CLASS_ASSET: file_asset(
             map_path, media_type=COG, roles=["data", "classification"], title=_CLASS_MAP_TITLE,
             **{"classification:classes": class_objects(centroids.k, counts)}, **projection_fields(grid)),
-        LABELS_ASSET: file_asset(labels_path, media_type=PARQUET, roles=["data"], title=_LABELS_TITLE),
     }
+    if table:
+        assets[LABELS_ASSET] = file_asset(output.asset_path(item_id, "geoparquet"), media_type=PARQUET,
+                                          roles=["data"], title=_LABELS_TITLE)
     properties = {
         **time_properties(item),
         **processing(_lineage(centroids, item), _software()),
@@ -378,7 +381,7 @@ def _software() -> dict[str, str]:
 
 
 def _write_collection(output: DerivedOutput, centroids: Centroids, catalog: str | Path,
-                      source: str | Path | Centroids | None, centroids_path: Path) -> None:
+                      source: str | Path | Centroids | None, centroids_path: Path, table: bool = True) -> None:
     derived_from = [(catalog_href(catalog), "Embeddings")]
     if isinstance(source, (str, Path)):
         derived_from.append((_centroids_href(str(source)), "Centroids applied"))
@@ -387,12 +390,13 @@ def _write_collection(output: DerivedOutput, centroids: Centroids, catalog: str 
     output.write_collection(
         title=f"Clusters of chip embeddings (k={centroids.k})",
         description=(f"Every chip embedding of {describe_model(centroids.model)} labelled with the nearest of "
-                     f"{centroids.k} centroids ({how}): a class map and a labels table per embedding item."),
+                     f"{centroids.k} centroids ({how}): a class map{' and a labels table' if table else ''} "
+                     "per embedding item."),
         extensions=[CLASSIFICATION, ITEM_ASSETS, FILE],
         item_assets={
             CLASS_ASSET: {"type": COG, "roles": ["data", "classification"], "title": _CLASS_MAP_TITLE,
                           "classification:classes": class_objects(centroids.k)},
-            LABELS_ASSET: {"type": PARQUET, "roles": ["data"], "title": _LABELS_TITLE},
+            **({LABELS_ASSET: {"type": PARQUET, "roles": ["data"], "title": _LABELS_TITLE}} if table else {}),
         },
         assets={"centroids": file_asset(
             centroids_path, media_type=PARQUET, roles=["metadata", CENTROIDS_ROLE],
