@@ -664,19 +664,21 @@ def _scores_line(metrics: dict[str, Any]) -> str:
               help="Output directory (may be the embeddings' own --out): a collection of predictions is added to it.")
 @click.option("--probabilities", is_flag=True, help="Also write class probabilities (float32 bands).")
 @click.option("--output-collection", help="Id of the output collection (default: predictions-<head>).")
+@click.option("--no-table", "no_table", is_flag=True,
+              help="Maps only, no table of every chip with its footprint (dense embeddings: a row per pixel).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("-v", "--verbose", count=True, help="More logging; -v also shows tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 @click.pass_context
 def predict_command(ctx: click.Context, embeddings: str, head: str, out: str, probabilities: bool,
-                    output_collection: str | None, device: str, verbose: int, quiet: bool) -> None:
+                    output_collection: str | None, no_table: bool, device: str, verbose: int, quiet: bool) -> None:
     """Predict every chip of an embeddings catalog with a trained head; maps published as STAC."""
     ctx.meta["stacembed.verbose"] = verbose > 0
     _setup_logging(verbose, quiet)
     from .learn.predict import predict
 
     result = predict(embeddings, head, out=out, probabilities=probabilities, output_collection=output_collection,
-                     device=device, progress=_progress(quiet))
+                     device=device, progress=_progress(quiet), table=not no_table)
     if not quiet:
         click.echo(f"{result.chips} chips of {len(result.items)} item(s) predicted; catalog: {result.catalog}")
 

@@ -202,6 +202,21 @@ def test_prediction_items_validate_and_link_the_embeddings_and_the_head(runs, he
             assert asset["file:checksum"] == multihash(path.parent / asset["href"]), asset["href"]
 
 
+def test_no_table_writes_the_same_maps_and_no_chip_table(runs, heads, predicted, tmp_path, cli):
+    result = cli("predict", "--embeddings", runs["sample"], "--model", heads["classifier"], "--out", tmp_path,
+                 "--probabilities", "--device", "cpu", "--no-table", "-q")
+    assert result.exit_code == 0, result.output
+    (collection,) = tmp_path.glob("predictions-*/collection.json")
+    assert "table" not in json.loads(collection.read_text())["item_assets"]
+    assert not list(tmp_path.rglob("*.parquet"))
+    for item in open_embeddings(runs["sample"]):
+        without, with_table = item_files(collection.parent, item.id), item_files(predicted["sample"], item.id)
+        assert without["map"].read_bytes() == with_table["map"].read_bytes()
+        assert without["probabilities"].read_bytes() == with_table["probabilities"].read_bytes()
+        assert set(json.loads(without["json"].read_text())["assets"]) == {"prediction", "probabilities"}
+    assert [r.line(strict=True) for r in validate_paths([tmp_path / "catalog.json"]) if r.line(strict=True)] == []
+
+
 def test_regression_maps_are_float32_with_nan_where_no_chip(runs, heads, predicted):
     _, card = read_head(heads["regressor"])
     assert "classification:classes" not in card["properties"]["mlm:output"][0]

@@ -64,16 +64,16 @@ class PredictResult:
 
 def predict(embeddings: str | Path, head: str | Path, *, out: str | Path, probabilities: bool = False,
             output_collection: str | None = None, device: str = "auto", batch_rows: int = BATCH_ROWS,
-            progress: bool = True) -> PredictResult:
+            progress: bool = True, table: bool = True) -> PredictResult:
     """Predict every chip of ``embeddings`` with the head at ``head`` (its directory or card);
-    publish the maps as a collection under ``out``."""
+    publish the maps as a collection under ``out`` (``table`` False: no table of every chip)."""
     model_head, card = read_head(head)
     items = list(open_embeddings(embeddings))
     model = one_model(items, f"catalog {embeddings}")
     for item in items:
         check_fits(card, model, item.kind, f"item {item.id!r}")
     model_head.to(device)
-    plan = _Plan(model_head, card, _card_href(head), probabilities)
+    plan = _Plan(model_head, card, _card_href(head), probabilities, table)
     output = DerivedOutput(Path(out), output_collection or f"predictions-{card['id']}")
     output.check_free()
     chips = 0
@@ -114,6 +114,11 @@ class _Plan:
     card: dict[str, Any]
     card_href: str
     probabilities: bool
+    table: bool = True  # a table of every chip beside the maps (a segmentation's pixels have only the map)
+
+    @property
+    def tabled(self) -> bool:
+        return self.table and not self.head.dense
 
     @property
     def classes(self) -> list[dict[str, Any]] | None:
@@ -179,11 +184,11 @@ class _Plan:
             map_asset["classification:classes"] = self.class_objects()
         return {
             "title": f"Predictions of {self.card['id']}",
-            "description": f"Every chip embedding predicted ({task}) by the head {self.card['id']}: a map and a "
-                           "table per embedding item.",
+            "description": f"Every chip embedding predicted ({task}) by the head {self.card['id']}: a map"
+                           f"{' and a table' if self.tabled else ''} per embedding item.",
             "extensions": [CLASSIFICATION, ITEM_ASSETS, FILE] if self.classes else [ITEM_ASSETS, FILE],
-            "item_assets": {MAP_ASSET: map_asset, TABLE_ASSET: {"type": PARQUET, "roles": ["data"],
-                                                                  "title": _TABLE_TITLE}},
+            "item_assets": {MAP_ASSET: map_asset, **({TABLE_ASSET: {"type": PARQUET, "roles": ["data"],
+                                                                     "title": _TABLE_TITLE}} if self.tabled else {})},
             "derived_from": [(embeddings, "Embeddings"), (self.card_href, "Head (MLM card)")],
             "extra": {"stacembed:head": {"id": self.card["id"], "task": task}},
         }
@@ -211,8 +216,8 @@ def _predict_item(output: DerivedOutput, item_id: str, item: EmbeddingItem, plan
         made = _segment(item, grid, plan, on_batch)
         grid = fine_grid(grid, plan.head.scale)
     else:
-        made = map_chips(item, grid, output.asset_path(item_id, "geoparquet"), plan.compute, layers=plan.layers(),
-                         columns=plan.columns(), batch_rows=batch_rows, on_batch=on_batch)
+        made = map_chips(item, grid, output.asset_path(item_id, "geoparquet") if plan.table else None, plan.compute,
+                         layers=plan.layers(), columns=plan.columns(), batch_rows=batch_rows, on_batch=on_batch)
     _write_item(output, item_id, item, plan, grid, made)
     return made.chips
 
