@@ -334,3 +334,10 @@ def test_files_and_index_over_http_are_read_by_ranges(files, tmp_path, monkeypat
     (item,) = open_embeddings(tmp_path / "box")
     col0, row0, col1, row1 = expected_window(lonlat_box(10, 10, 20, 20))
     np.testing.assert_array_equal(item.array()[0], dequantized(files["q"][:, row0:row1, col0:col1]))
+
+
+def test_the_year_comes_from_the_directories_not_the_file_name(files, tmp_path):
+    source = write_aef(tmp_path / "v1" / "annual" / "2023" / "25S" / "xtile-2048.tiff", files["q"])
+    assert invoke("import", "aef", source, "--out", tmp_path / "out")[0] == 0
+    (item,) = open_embeddings(tmp_path / "out")
+    assert item.id == "xtile-2048-2023" and item.stac_item.properties["start_datetime"].startswith("2023-")

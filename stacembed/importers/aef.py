@@ -53,7 +53,7 @@ LICENSE = "CC-BY-4.0"
 ATTRIBUTION = "The AlphaEarth Foundations Satellite Embedding dataset is produced by Google and Google DeepMind."
 QUANTIZATION = {"method": SIGNED_SQUARE, "original_dtype": "float32", "quantized_dtype": "int8", "scale": [SCALE]}
 EDGE = 1e-6
-YEARS = re.compile(r"(?:^|[/_.-])((?:19|20)\d\d)(?=$|[/_.-])")
+YEAR = re.compile(r"(?:19|20)\d\d")
 
 
 @dataclass(frozen=True)
@@ -201,9 +201,12 @@ def _open(href: str, year: int | None) -> _Source:
 
 
 def _year(href: str, year: int | None) -> int:
+    """``year``, else the last directory of ``href`` named as a year (the dataset's layout is
+    ``<year>/<zone>/<file>``; the file's own name is not looked at)."""
     if year is not None:
         return year
-    found = YEARS.findall(href.replace("\\", "/"))
+    directories = href.split("?")[0].replace("\\", "/").split("/")[:-1]
+    found = [name for name in directories if YEAR.fullmatch(name)]
     if not found:
         raise ConfigError(f"no year in {href} (the dataset's layout is <year>/<zone>/<file>); give --year")
     return int(found[-1])
