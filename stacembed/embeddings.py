@@ -63,6 +63,8 @@ BATCH_ROWS = 2048
 DOWNLOAD_TIMEOUT = 60.0  # seconds without an answer before a remote GeoParquet read fails
 _FORMAT_NAMES = {"geoparquet": "GeoParquet", "geotiff": "GeoTIFF"}
 _FOOTPRINT_COLUMNS = {"geometry", "bbox", "native_geometry", "native_xmin", "native_ymin", "native_xmax", "native_ymax"}
+_CHIP_COLUMNS = {"id", "datetime", "source_item", "source_collection"}
+_WINDOW_COLUMNS = {"col_off", "row_off", "width", "height"}
 # The columns of the chips read from a COG: the GeoParquet's, but the embedding (the vectors) and
 # the valid fraction (which a COG does not record).
 COG_COLUMNS = tuple(name for name in COLUMNS if name not in ("embedding", "valid_fraction"))
@@ -387,7 +389,12 @@ class _CogChips:
     def batch(self, rows: np.ndarray, cols: np.ndarray, names: Sequence[str]) -> pa.RecordBatch:
         """The chip rows of pixels ``rows``, ``cols``: the columns ``names``."""
         col_off, row_off = cols * self.stride, rows * self.stride
-        columns = {**chip_columns(self.source, rows, cols), **window_columns(col_off, row_off, self.size)}
+        # Only the columns asked for are computed (ids and footprints cost; a scan asks for places).
+        columns = {"chip_row": pa.array(rows, pa.int32()), "chip_col": pa.array(cols, pa.int32())}
+        if _CHIP_COLUMNS.intersection(names):
+            columns.update(chip_columns(self.source, rows, cols))
+        if _WINDOW_COLUMNS.intersection(names):
+            columns.update(window_columns(col_off, row_off, self.size))
         if _FOOTPRINT_COLUMNS.intersection(names):
             columns.update(footprint_columns(self.grid.footprints(col_off, row_off, self.size)))
         return pa.RecordBatch.from_pydict(columns, metadata=self.metadata).select(names)  # n rows, even of no column

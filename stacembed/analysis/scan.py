@@ -31,10 +31,10 @@ CHIP_SCHEMA = pa.schema([
 ])
 
 SCAN_COLUMNS = ("id", "source_item", "source_collection", "chip_row", "chip_col", "datetime", "geometry", "bbox")
-# What a scan reads of a COG's chips when no footprint filter needs theirs: a COG's footprints are
-# computed (reprojected, densified), which cost 90% of a dense item's scan; those of the chips a
-# top-k keeps are computed when it keeps them.
-COG_SCAN_COLUMNS = tuple(name for name in SCAN_COLUMNS if name not in ("geometry", "bbox"))
+# What a scan reads of a COG's chips when no footprint filter needs theirs: the place of each
+# chip. A COG's other columns are computed per chip (ids, reprojected footprints: 90% of a
+# dense item's scan), so those of the chips a top-k keeps are computed when it keeps them.
+COG_PLACE = ("chip_row", "chip_col")
 
 @dataclass(frozen=True)
 class Filters:
@@ -146,9 +146,9 @@ def scan(items: Sequence[EmbeddingItem], order: dict[tuple[str | None, str], int
     matched = 0
     for item in items:
         offset = 0
-        later = filters.bbox is None and "geoparquet" not in item.hrefs  # footprints of the kept chips only
-        for batch, vectors in item.iter_chips(batch_rows, columns=COG_SCAN_COLUMNS if later else SCAN_COLUMNS,
-                                              bbox=filters.bbox):
+        later = filters.bbox is None and "geoparquet" not in item.hrefs  # the kept chips' columns only
+        read = (*COG_PLACE, *(("datetime",) if filters.datetime else ())) if later else SCAN_COLUMNS
+        for batch, vectors in item.iter_chips(batch_rows, columns=read, bbox=filters.bbox):
             rows = np.arange(offset, offset + batch.num_rows)
             offset += batch.num_rows
             mask = filters.rows(batch)
@@ -167,9 +167,8 @@ def scan(items: Sequence[EmbeddingItem], order: dict[tuple[str | None, str], int
                      later: bool = later) -> pa.Table:
                 kept = batch.take(pa.array(chosen))
                 if later:
-                    kept = kept.append_column("geometry", item.cog_chips(
-                        kept.column("chip_row").to_numpy(), kept.column("chip_col").to_numpy(), ["geometry"])
-                        .column("geometry"))
+                    kept = item.cog_chips(kept.column("chip_row").to_numpy(), kept.column("chip_col").to_numpy(),
+                                          SCAN_COLUMNS)
                 return chip_rows(kept, item)
 
             for j, top in enumerate(tops):
