@@ -100,6 +100,7 @@ def test_a_whole_file_is_referenced_in_place_and_read_as_the_dataset_says(files,
     assert item.stac_item.properties["start_datetime"] == "2024-01-01T00:00:00Z"
     assert item.stac_item.properties["end_datetime"] == "2024-12-31T23:59:59Z"
     assert item.stac_item.properties["license"] == "CC-BY-4.0"
+    assert "thumbnail" not in item.stac_item.assets  # a file in place: `stacembed quicklook` draws them
     values, transform, crs = item.array()
     np.testing.assert_array_equal(values, dequantized(files["q"]))
     assert transform == Affine(PIXEL, 0, WEST, 0, -PIXEL, NORTH) and crs.to_epsg() == 32725
@@ -139,7 +140,7 @@ def test_a_box_is_copied_north_up_whether_the_file_is_stored_bottom_up_or_not(fi
         code, output = invoke("import", "aef", files[name], "--bbox", box, "--out", out)
         assert code == 0, output
         (item,) = open_embeddings(out)
-        (path,) = out.glob("*/*/*.tif")
+        (path,) = [p for p in out.glob("*/*/*.tif") if not p.name.endswith(".overview.tif")]
         assert item.hrefs["geotiff"] == str(path)
         with rasterio.open(path) as ds:
             assert (ds.width, ds.height, ds.count, ds.dtypes[0], ds.nodata) == (
@@ -149,6 +150,7 @@ def test_a_box_is_copied_north_up_whether_the_file_is_stored_bottom_up_or_not(fi
             np.testing.assert_array_equal(ds.read(), files["q"][:, row0:row1, col0:col1])  # values untouched
         values, _, _ = item.array()
         arrays.append(values)
+        assert {"thumbnail", "overview"} <= set(item.stac_item.assets)  # a copied box gets its quicklooks
         assert not any(validate_tree(out).values())
     np.testing.assert_array_equal(arrays[0], dequantized(files["q"][:, row0:row1, col0:col1]))
     np.testing.assert_array_equal(arrays[0], arrays[1])

@@ -12,7 +12,8 @@ with ``emb:quantization`` ``signed-square`` so that every reader of ``embeddings
 as the dataset says. Without ``bbox`` the items reference the files where they are (they must
 be north-up: a ``.vrt``, or a file already flipped); with ``bbox`` (lon/lat) each file's pixels
 under it are copied, values untouched and north-up, into a COG in the output tree, a strip of
-rows at a time (memory bounded by ``STRIP_BYTES``, not by the box). The year comes from
+rows at a time (memory bounded by ``STRIP_BYTES``, not by the box), and their quicklooks drawn
+(``analysis.quicklook``; files referenced in place get theirs from ``stacembed quicklook``). The year comes from
 ``year`` or from the path (the dataset's ``<year>/<zone>/<file>`` layout). ``index`` picks the
 files from the dataset's own index (``aef_index.parquet``: footprint, year and path per file).
 """
@@ -126,6 +127,10 @@ def import_aef(sources: Sequence[str], out: str | Path, *, bbox: Bbox | str | No
                    "data_type": "int8", **({"gsd": gsds.pop()} if len(gsds) == 1 else {})},
             links=LINKS,
         )
+    if box is not None:  # the copies are the box's pixels: their quicklooks (the map page's) cost little
+        from ..analysis.quicklook import write_quicklooks
+
+        write_quicklooks(output.layout.collection_file)
     return AefImport(output.catalog_file, written, skipped)
 
 
