@@ -130,6 +130,14 @@ class Grid:
         crs84 = shapely.transform(dense, lambda xy: np.column_stack(to_crs84.transform(xy[:, 0], xy[:, 1])))
         return Footprints(bounds, native, crs84, shapely.bounds(crs84).reshape(-1, 4))
 
+    def outline(self) -> shapely.Polygon:
+        """The grid's outline in OGC:CRS84, each edge densified to an eighth of the longer side
+        (a UTM rectangle is not a lon/lat one): an item's geometry."""
+        west, south, east, north = self.bounds
+        box = shapely.segmentize(shapely.box(west, south, east, north), max(east - west, north - south) / 8)
+        to_crs84 = crs84_transformer(self.crs.to_wkt())
+        return shapely.transform(box, lambda xy: np.column_stack(to_crs84.transform(xy[:, 0], xy[:, 1])))
+
     def _bends(self, side: float) -> bool:
         """Whether a footprint ``side`` CRS units wide needs its edges densified to keep its shape in
         lon/lat: a straight edge of L metres departs from its true path by about

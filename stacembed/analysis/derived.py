@@ -300,10 +300,12 @@ def catalog_href(catalog: str | Path) -> str:
 
 
 def local_href(href: str) -> str:
-    """``href`` as an absolute path when it names a local file (so ``relative_href`` relates it)."""
+    """``href`` as an absolute path when it names a local file (so ``relative_href`` relates it);
+    a URL or a GDAL ``/vsi...`` path (``/vsicurl/https://...``) as it is."""
     from urllib.parse import urlparse
 
-    return os.path.abspath(href) if len(urlparse(href).scheme) <= 1 else href
+    local = len(urlparse(href).scheme) <= 1 and not href.startswith("/vsi")
+    return os.path.abspath(href) if local else href
 
 
 # -- the output collection ---------------------------------------------------------------------

@@ -27,7 +27,6 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import rasterio
@@ -36,10 +35,10 @@ from affine import Affine
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from ..analysis.derived import DerivedOutput, file_asset, projection_fields
+from ..analysis.derived import DerivedOutput, file_asset, local_href, projection_fields
 from ..config import Bbox, parse_bbox
 from ..errors import ConfigError, ReadError
-from ..grid import Grid, crs84_transformer, raster_errors
+from ..grid import Grid, raster_errors
 from ..stac import COG, EMBEDDINGS, FILE, ITEM_ASSETS, PROJECTION
 from ..writers.cog import STRIP_BYTES, block_size, copy_as_cog
 from ..writers.quantize import NODATA, SIGNED_SQUARE
@@ -242,10 +241,10 @@ def _add_item(output: DerivedOutput, source: _Source, window: Window, *, copy: b
         links = [("derived_from", source.href, f"AlphaEarth file {source.name}", COG)]
     else:
         vrt = source.href.split("?")[0].lower().endswith(".vrt")
-        asset = {"href": _absolute(source.href), "type": "application/xml" if vrt else COG,
+        asset = {"href": local_href(source.href), "type": "application/xml" if vrt else COG,
                  "roles": ["data", "embeddings"], "title": _ASSET_TITLE, **projection_fields(grid)}
         links = []
-    footprint = _footprint(grid)
+    footprint = grid.outline()
     properties = {
         "datetime": None, "start_datetime": f"{source.year}-01-01T00:00:00Z",  # a calendar year, as Earth Engine's
         "end_datetime": f"{source.year}-12-31T23:59:59Z",
@@ -299,19 +298,6 @@ def _read_rows(src: rasterio.DatasetReader, source: _Source, window: Window, top
     return src.read(window=Window(window.col_off, first, window.width, count))
 
 
-def _footprint(grid: Grid) -> Any:
-    """The grid's outline in OGC:CRS84, its edges densified (a UTM square is not a lon/lat one)."""
-    west, south, east, north = grid.bounds
-    outline = shapely.segmentize(shapely.box(west, south, east, north), max(east - west, north - south) / 16)
-    to_crs84 = crs84_transformer(grid.crs.to_wkt())
-    return shapely.transform(outline, lambda xy: np.column_stack(to_crs84.transform(xy[:, 0], xy[:, 1])))
-
-
 def _describe(window: Window) -> str:
     return (f"cols {int(window.col_off)}..{int(window.col_off + window.width) - 1}, "
             f"rows {int(window.row_off)}..{int(window.row_off + window.height) - 1} (north-up)")
-
-
-def _absolute(href: str) -> str:
-    """A local path made absolute (the item is written elsewhere); a URL unchanged."""
-    return href if "://" in href or href.startswith("/vsi") else os.path.abspath(href)

@@ -284,24 +284,22 @@ class _Cube:
 
 
 def _footprint(code: int, transform: list[float], width: int, height: int) -> tuple[dict, list[float]]:
-    """GeoJSON polygon (lon/lat, edges densified) and bbox of a grid."""
-    import shapely
+    """GeoJSON polygon (lon/lat, edges densified: ``Grid.outline``) and bbox of a grid."""
     import shapely.geometry
+    from affine import Affine
 
-    from ..grid import crs84_transformer
+    from ..grid import Grid
 
-    a, _, c, _, e, f = transform
-    box = shapely.segmentize(shapely.box(c, f + e * height, c + a * width, f), abs(a) * width / 8)
-    to_lonlat = crs84_transformer(_wkt(code))  # one per CRS, not one per item
-    shape = shapely.transform(box, lambda xy: np.column_stack(to_lonlat.transform(xy[:, 0], xy[:, 1])))
+    shape = Grid(_crs(code), Affine(*transform), width, height).outline()
     return shapely.geometry.mapping(shape), [float(v) for v in shape.bounds]
 
 
 @functools.lru_cache(maxsize=64)
-def _wkt(code: int) -> str:
-    from pyproj import CRS
+def _crs(code: int):
+    """The CRS of an EPSG code, made once per code (samples share a few)."""
+    from rasterio.crs import CRS
 
-    return CRS.from_epsg(code).to_wkt()
+    return CRS.from_epsg(code)
 
 
 def sample_key(item: pystac.Item) -> tuple[str, int] | None:
